@@ -1,0 +1,907 @@
+"""gpt_helpers: everything the course builds, in one module.
+
+Each notebook teaches one piece from scratch, checks it against this module,
+and from then on imports it from here. Sections, in order: config, model,
+data, training, generation, utilities.
+
+Shape letters used throughout: B batch, T time (sequence length), C channels
+(n_embd), nh heads, hs head size (C // nh), V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_INPUT = ROOT / "input.txt"
+GPT2_VOCAB_SIZE = 50257  # ids the GPT-2 tokenizer can decode; a padded vocab adds unused rows
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _check_positive(obj, names):
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(
+                f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}"
+            )
+
+
+@dataclass
+class GPTConfig:
+    """Model shape. The defaults are GPT-2 small (124M parameters)."""
+
+    block_size: int = 1024  # longest context, in tokens: the number of position embeddings
+    vocab_size: int = 50257  # GPT-2 BPE: 50,000 merges + 256 byte tokens + <|endoftext|>
+    n_layer: int = 12  # transformer blocks stacked on the residual stream
+    n_head: int = 12  # attention heads per block; each sees n_embd // n_head channels
+    n_embd: int = 768  # width of the residual stream (C)
+
+    def __post_init__(self):
+        _check_positive(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) "
+                "so every head gets the same head size; change one of them"
+            )
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class KVCache:
+    """Keys and values of every token seen so far, one (k, v) pair per layer.
+
+    Generation feeds one new token at a time; its query attends over the cached
+    keys and values instead of recomputing them for the whole prefix.
+    """
+
+    def __init__(self, n_layer: int):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
+
+    def __len__(self) -> int:  # tokens cached so far
+        first = self.layers[0]
+        return 0 if first is None else first[0].size(2)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Append this step's (B, nh, T, hs) keys and values; return all of them."""
+        past = self.layers[layer]
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        self.layers[layer] = (k, v)
+        return k, v
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each position sees only itself and the past."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # mixes the heads back together
+        self.c_proj.NANOGPT_SCALE_INIT = 1  # adds to the residual stream: scaled at init
+
+    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        past = 0
+        if kv_cache is not None:
+            cached = kv_cache.layers[layer]
+            past = 0 if cached is None else cached[0].size(2)
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, past + T, hs)
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1:  # one new query may look at every cached key
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # query i sits at position past + i: it sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward network: widen 4x, tanh GELU, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.gelu = nn.GELU(approximate="tanh")  # the GELU GPT-2 was trained with
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.NANOGPT_SCALE_INIT = 1
+
+    def forward(self, x):
+        return self.c_proj(self.gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), kv_cache, layer)  # tokens talk to each other
+        x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
+        return x
+
+
+class GPT(nn.Module):
+    """GPT-2: token + position embeddings, a stack of Blocks, a final LayerNorm, a tied head."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT(config) expects a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one matrix, two jobs
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if hasattr(module, "NANOGPT_SCALE_INIT"):
+                # each block adds twice to the residual stream: keep its variance flat in depth
+                std *= (2 * self.config.n_layer) ** -0.5
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (the tied matrix counts once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None)."""
+        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
+            raise ValueError(
+                f"idx must be a (B, T) tensor of integer token ids, got shape "
+                f"{tuple(idx.shape)} and dtype {idx.dtype}"
+            )
+        B, T = idx.size()
+        past = 0 if kv_cache is None else len(kv_cache)
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {past + T} is longer than block_size "
+                f"{self.config.block_size}: crop the input to its last "
+                f"{self.config.block_size} tokens"
+            )
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache, layer)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            if targets.shape != idx.shape:
+                raise ValueError(
+                    f"targets must have the shape of idx {tuple(idx.shape)}, "
+                    f"got {tuple(targets.shape)}"
+                )
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits, loss
+
+    # -- generation: see the generation section below for the sampling maths
+    @torch.no_grad()
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ):
+        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + new)."""
+        _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        n_vocab = min(self.config.vocab_size, GPT2_VOCAB_SIZE)
+        block = self.config.block_size
+        cache = None
+        logits = None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits, _ = self(idx[:, -block:])
+            elif cache is None or idx.size(1) > block:
+                # (re)fill the cache; past block_size every position shifts, so start over
+                cache = KVCache(self.config.n_layer)
+                logits, _ = self(idx[:, -block:], kv_cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], kv_cache=cache)
+            logits = logits[:, -1, :n_vocab].float()  # (B, V): padded ids are never sampled
+            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+    # -- weight porting: see the HF interoperability section below
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "GPT":
+        """GPT-2 weights from the HF hub ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+        or from a local directory holding an HF GPT-2 checkpoint."""
+        hf = _load_hf_gpt2(name_or_path)
+        model = cls(_config_from_hf(hf.config, name_or_path))
+        load_hf_state_dict(model, hf.state_dict())
+        return model
+
+
+HF_PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# HF keeps these as Conv1D, whose weight is (in, out): the transpose of nn.Linear's (out, in)
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _load_hf_gpt2(name_or_path: str):
+    from transformers import GPT2LMHeadModel
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if name not in HF_PRETRAINED and not path.is_dir():
+        raise ValueError(
+            f"unknown model {name!r}: expected one of {', '.join(HF_PRETRAINED)} "
+            "or a directory holding an HF GPT-2 checkpoint (config.json and weights)"
+        )
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{name!r} has no config.json: it is not an HF checkpoint directory")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != "gpt2":
+            raise ValueError(
+                f"{name!r} holds a {model_type!r} checkpoint, not GPT-2 (model_type 'gpt2')"
+            )
+    return GPT2LMHeadModel.from_pretrained(name)
+
+
+def _config_from_hf(hf_config, name) -> GPTConfig:
+    act = getattr(hf_config, "activation_function", "gelu_new")
+    unsupported = {
+        "activation_function": act not in ("gelu_new", "gelu_pytorch_tanh"),
+        "layer_norm_epsilon": abs(hf_config.layer_norm_epsilon - 1e-5) > 1e-12,
+        "scale_attn_weights": not getattr(hf_config, "scale_attn_weights", True),
+        "scale_attn_by_inverse_layer_idx": getattr(hf_config, "scale_attn_by_inverse_layer_idx", False),
+        "tie_word_embeddings": not getattr(hf_config, "tie_word_embeddings", True),
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"{name!r}: this GPT-2 variant is not supported (it differs in {', '.join(bad)})")
+    return GPTConfig(
+        block_size=hf_config.n_positions,
+        vocab_size=hf_config.vocab_size,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+    )
+
+
+def load_hf_state_dict(model: GPT, sd_hf: dict) -> GPT:
+    """Copy an HF GPT2LMHeadModel state dict into our GPT, checking every key and shape."""
+    sd = model.state_dict()
+    # HF also stores the causal mask as a buffer in some versions: not a weight
+    sd_hf = {k: v for k, v in sd_hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    missing, unexpected = sorted(set(sd) - set(sd_hf)), sorted(set(sd_hf) - set(sd))
+    if missing or unexpected:
+        raise ValueError(
+            f"the checkpoint does not look like GPT-2: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    with torch.no_grad():
+        for k, v in sd_hf.items():
+            v = v.t() if k.endswith(HF_TRANSPOSED) else v
+            if v.shape != sd[k].shape:
+                raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(sd[k].shape)}")
+            sd[k].copy_(v)
+    return model
+
+
+def to_hf(model: GPT):
+    """Our GPT as an HF GPT2LMHeadModel with the same weights (for transformers' tools)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = unwrap(model)
+    c = model.config
+    hf_config = GPT2Config(
+        n_positions=c.block_size, n_ctx=c.block_size, vocab_size=c.vocab_size,
+        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+        activation_function="gelu_new",  # tanh GELU, as ours
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # we train without dropout
+    )
+    if c.vocab_size >= GPT2_VOCAB_SIZE:  # <|endoftext|> starts and ends GPT-2's documents
+        hf_config.bos_token_id = hf_config.eos_token_id = GPT2_VOCAB_SIZE - 1
+    else:  # a toy vocabulary has no <|endoftext|>
+        hf_config.bos_token_id = hf_config.eos_token_id = None
+    hf = GPT2LMHeadModel(hf_config)
+    sd_hf = hf.state_dict()
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            sd_hf[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
+    return hf.eval()
+
+
+def export_hf(model: GPT, directory) -> Path:
+    """Write our GPT as an HF GPT-2 checkpoint directory (config.json + weights)."""
+    directory = Path(directory)
+    to_hf(model).save_pretrained(directory)
+    return directory
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@lru_cache(maxsize=1)
+def get_tokenizer():
+    """tiktoken's GPT-2 BPE (50,257 tokens)."""
+    import tiktoken
+
+    return tiktoken.get_encoding("gpt2")
+
+
+def read_text(path) -> str:
+    """A text file's contents, with an error that says what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"text file {str(path)!r} not found: pass the path of a UTF-8 text file "
+            "(the course trains on input.txt at the repository root)"
+        )
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"text file {str(path)!r} is empty: it needs some text to train on")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): "
+            "convert it to UTF-8 or pass a different file"
+        ) from None
+
+
+@lru_cache(maxsize=4)
+def _encode_file(path: str, mtime_ns: int, size: int) -> torch.Tensor:
+    # keyed on mtime and size so an edited file is encoded again
+    return torch.tensor(get_tokenizer().encode_ordinary(read_text(path)), dtype=torch.long)
+
+
+def load_tokens(path=None) -> torch.Tensor:
+    """All GPT-2 tokens of a text file, encoded once and cached: (N,) int64."""
+    path = Path(path if path is not None else DEFAULT_INPUT)
+    if not path.is_file():
+        read_text(path)  # raises the error that names the file
+    st = path.stat()
+    return _encode_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+class DataLoaderLite:
+    """Contiguous (B, T) batches from one text file, read in order, wrapping at the end.
+
+    The last val_fraction of the tokens is held out as the "val" split; the
+    two splits share no token.
+    """
+
+    def __init__(self, B: int, T: int, path=None, split: str = "train", val_fraction: float = 0.1, verbose: bool = False):
+        for name, value in (("B", B), ("T", T)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"DataLoaderLite: {name} must be a positive integer, got {value!r}")
+        if split not in ("train", "val"):
+            raise ValueError(f"DataLoaderLite: split must be 'train' or 'val', got {split!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"DataLoaderLite: val_fraction must be in [0, 1), got {val_fraction!r}")
+        self.B, self.T, self.split = B, T, split
+        self.path = Path(path if path is not None else DEFAULT_INPUT)
+        tokens = load_tokens(self.path)
+        n_train = len(tokens) - int(len(tokens) * val_fraction)
+        self.tokens = tokens[:n_train] if split == "train" else tokens[n_train:]
+        if len(self.tokens) < B * T + 1:
+            raise ValueError(
+                f"{self.path.name}: the {split!r} split has {len(self.tokens):,} tokens, fewer than "
+                f"B*T+1 = {B * T + 1:,} needed for one batch: use a smaller B or T, or more text"
+            )
+        self.position = 0
+        if verbose:
+            print(f"{split}: {len(self.tokens):,} tokens, {len(self.tokens) // (B * T)} batches of {B}x{T} per epoch")
+
+    def next_batch(self):
+        """x (B, T) inputs and y (B, T) targets: y is x shifted left by one token."""
+        B, T = self.B, self.T
+        buf = self.tokens[self.position : self.position + B * T + 1]
+        x = buf[:-1].view(B, T)
+        y = buf[1:].view(B, T)
+        self.position += B * T
+        if self.position + B * T + 1 > len(self.tokens):  # next batch would run off the end
+            self.position = 0
+        return x, y
+
+    def reset(self):
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"position": self.position, "split": self.split, "n_tokens": len(self.tokens)}
+
+    def load_state_dict(self, state: dict):
+        if state.get("n_tokens") != len(self.tokens) or state.get("split") != self.split:
+            raise ValueError(
+                f"data-loader state is for a {state.get('split')!r} split of {state.get('n_tokens')} tokens, "
+                f"this loader reads a {self.split!r} split of {len(self.tokens)}: same text file and val_fraction?"
+            )
+        self.position = int(state["position"])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    """How to train. The defaults are the original notebook's GPU run."""
+
+    model: GPTConfig = field(default_factory=GPTConfig)  # the model to build
+    batch_size: int = 32  # B: sequences per micro-batch
+    seq_len: int = 256  # T: tokens per sequence
+    grad_accum_steps: int = 4  # micro-batches summed into one optimizer step
+    max_lr: float = 6e-4  # peak learning rate, reached after warmup
+    min_lr_ratio: float = 0.1  # cosine decay ends at max_lr * min_lr_ratio
+    warmup_steps: int = 500  # linear warmup from max_lr / warmup_steps
+    max_steps: int = 10_000  # optimizer steps at most
+    weight_decay: float = 0.1  # AdamW decay, on matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this
+    target_loss: float = 0.099  # stop once a step's average loss is at or below this
+    eval_interval: int = 250  # steps between validation losses
+    eval_iters: int = 20  # validation batches averaged per evaluation
+    ckpt_interval: int = 1000  # steps between checkpoints (one is always written at the end)
+    val_fraction: float = 0.1  # held-out tail of the text
+    seed: int = 1337
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = GPTConfig(**self.model)
+        _check_positive(self, ("batch_size", "seq_len", "grad_accum_steps", "warmup_steps",
+                               "max_steps", "eval_interval", "eval_iters", "ckpt_interval"))
+        if self.seq_len > self.model.block_size:
+            raise ValueError(
+                f"TrainConfig.seq_len ({self.seq_len}) is longer than the model's block_size "
+                f"({self.model.block_size}): lower seq_len or raise block_size"
+            )
+        if not self.max_lr > 0:
+            raise ValueError(f"TrainConfig.max_lr must be positive, got {self.max_lr!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum_steps
+
+
+PRESETS = {
+    # the original notebook's run: GPT-2 124M on a GPU
+    "gpu": TrainConfig(),
+    # a small GPT that visibly learns on a laptop CPU in a few minutes
+    "cpu": TrainConfig(
+        model=GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128),
+        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=1e-3, warmup_steps=20,
+        max_steps=300, eval_interval=50, eval_iters=10, ckpt_interval=100,
+    ),
+    # seconds on a 2-core CI machine: checks the plumbing, learns nothing
+    "smoke": TrainConfig(
+        model=GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),
+        batch_size=4, seq_len=32, grad_accum_steps=2, max_lr=1e-3, warmup_steps=2,
+        max_steps=6, eval_interval=3, eval_iters=2, ckpt_interval=3,
+    ),
+}
+
+
+def preset_name(name: str | None = None) -> str:
+    """The preset to use: the argument, else $GPT_PRESET, else 'gpu' on CUDA and 'cpu' elsewhere."""
+    name = name or os.environ.get("GPT_PRESET") or ("gpu" if torch.cuda.is_available() else "cpu")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (from GPT_PRESET or the argument): use one of {', '.join(PRESETS)}")
+    return name
+
+
+def get_preset(name: str | None = None, **overrides) -> TrainConfig:
+    """A fresh copy of a preset's TrainConfig, with any field overridden by keyword
+    (see preset_name for how the preset is chosen)."""
+    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"get_preset: unknown TrainConfig field(s) {sorted(unknown)}")
+    return TrainConfig(**(asdict(PRESETS[preset_name(name)]) | overrides))
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to max_lr, cosine decay to min_lr at max_steps, min_lr after."""
+    max_lr, min_lr = cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return max_lr * (step + 1) / cfg.warmup_steps  # step 0 already learns a little
+    if step >= cfg.max_steps:
+        return min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def configure_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str = "cpu", fused: bool | None = None):
+    """AdamW with weight decay on matrices and embeddings (dim >= 2) only, not on biases or LayerNorm."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if fused is None:
+        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    extra = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
+
+
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, fp16 on older GPUs (with a grad scaler), none on CPU/MPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _autocast(device, dtype):
+    device = torch.device(device)
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+@torch.no_grad()
+def estimate_loss(model, loader: DataLoaderLite, iters: int, device, amp_dtype=None) -> float:
+    """Mean loss over the first `iters` batches of a loader (reset first: same batches every time)."""
+    loader.reset()
+    total = 0.0
+    for _ in range(iters):
+        x, y = loader.next_batch()
+        with _autocast(device, amp_dtype):
+            _, loss = model(x.to(device), y.to(device))
+        total += loss.item()
+    return total / iters
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile's wrapper, so saved keys have no _orig_mod. prefix."""
+    return getattr(model, "_orig_mod", model)
+
+
+CKPT_FORMAT = "gpt-course-checkpoint/1"
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: TrainConfig | None = None,
+                    loaders: dict | None = None, scaler=None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically: to a temporary file first, then renamed over `path`.
+
+    A crash or Ctrl-C mid-save leaves the previous checkpoint as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    state = {
+        "format": CKPT_FORMAT,
+        "step": step,
+        "model_config": asdict(model.config),
+        "model": model.state_dict(),
+        "train_config": None if train_config is None else asdict(train_config),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "loaders": {k: v.state_dict() for k, v in (loaders or {}).items()},
+        "rng": _rng_state(),
+        "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint's contents, or a clear error when the file is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: check the path or train first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({type(e).__name__}): was it written by save_checkpoint?") from None
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a checkpoint of this course (no {CKPT_FORMAT!r} marker)")
+    return state
+
+
+def load_checkpoint(path, model=None, optimizer=None, loaders: dict | None = None, scaler=None,
+                    map_location="cpu", restore_rng: bool = True) -> dict:
+    """Load a checkpoint into model (built here from its config when None), optimizer,
+    loaders and scaler. Returns the checkpoint dict with "model" set to the model."""
+    state = read_checkpoint(path, map_location)
+    saved = GPTConfig(**state["model_config"])
+    if model is None:
+        model = GPT(saved)
+    target = unwrap(model)
+    if target.config != saved:
+        diffs = [f"{k}: checkpoint {v}, model {getattr(target.config, k)}"
+                 for k, v in asdict(saved).items() if getattr(target.config, k) != v]
+        raise ValueError(f"checkpoint {str(path)!r} was saved from a different model ({'; '.join(diffs)}): "
+                         "build the model with the checkpoint's config, or pass model=None")
+    target.load_state_dict(state["model"])
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    for name, loader in (loaders or {}).items():
+        if name in state["loaders"]:
+            loader.load_state_dict(state["loaders"][name])
+    if restore_rng:
+        _set_rng_state(state["rng"])
+    state["model"] = model
+    return state
+
+
+def read_log(path) -> list[dict]:
+    """The metrics of a JSON-lines log, one dict per step; a resumed run's records replace
+    those of the same step from before the resume."""
+    by_step = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            if "step" in rec and "loss" in rec:
+                by_step[rec["step"]] = rec
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loader=None,
+          out_dir=None, resume: bool = False, progress: bool = True, tensorboard: bool = False,
+          compile: bool = False, callback=None, stop_after: int | None = None) -> list[dict]:
+    """Train `model` as the original notebook did and return the per-step metrics.
+
+    Writes metrics.jsonl and ckpt.pt to out_dir (when given); resume=True continues
+    exactly from out_dir/ckpt.pt. callback(record) is called after every step.
+    stop_after=k ends the run after step k with a checkpoint, as an interruption would.
+    """
+    device = torch.device(device)
+    if train_loader is None:
+        train_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="train", val_fraction=cfg.val_fraction)
+    if val_loader is None and cfg.val_fraction > 0:
+        val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="val", val_fraction=cfg.val_fraction)
+    model.to(device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    amp_dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    optimizer = configure_optimizer(model, cfg, device.type)
+    loaders = {"train": train_loader} | ({"val": val_loader} if val_loader is not None else {})
+
+    out_dir = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out_dir / "ckpt.pt" if out_dir else None
+    log_path = out_dir / "metrics.jsonl" if out_dir else None
+    start_step = 0
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(ckpt_path)!r}: train without resume first")
+        state = load_checkpoint(ckpt_path, model, optimizer, loaders, scaler)
+        start_step = state["step"] + 1
+    elif ckpt_path is not None and ckpt_path.exists():
+        raise FileExistsError(f"{str(ckpt_path)!r} already exists: pass resume=True to continue it, or use another out_dir")
+    else:
+        torch.manual_seed(cfg.seed)
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "a") if log_path else None
+    if log_file and resume:
+        log_file.write(json.dumps({"event": "resume", "from_step": start_step}) + "\n")
+    writer = None
+    if tensorboard and out_dir:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(out_dir / "tensorboard")
+    step_model = torch.compile(model) if compile else model
+
+    history = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", dynamic_ncols=True)
+    t_start = time.time()
+    step = start_step - 1
+    try:
+        for step in range(start_step, cfg.max_steps):
+            t0 = time.time()
+            lr = get_lr(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss_accum = 0.0
+            for _ in range(cfg.grad_accum_steps):
+                x, y = train_loader.next_batch()
+                x, y = x.to(device), y.to(device)
+                with _autocast(device, amp_dtype):
+                    _, loss = step_model(x, y)
+                loss = loss / cfg.grad_accum_steps  # the sum of the parts is the mean of the whole
+                loss_accum += loss.item()
+                (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.time() - t0
+            rec = {"step": step, "loss": loss_accum, "val_loss": None, "lr": lr, "grad_norm": norm,
+                   "tokens_per_sec": cfg.tokens_per_step / dt, "elapsed": time.time() - t_start}
+            last = step == cfg.max_steps - 1 or loss_accum <= cfg.target_loss or step == stop_after
+            if val_loader is not None and (step % cfg.eval_interval == 0 or last):
+                rec["val_loss"] = estimate_loss(step_model, val_loader, cfg.eval_iters, device, amp_dtype)
+            history.append(rec)
+            if log_file:
+                log_file.write(json.dumps(rec) + "\n")
+                log_file.flush()
+            if writer:
+                for k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec"):
+                    if rec[k] is not None:
+                        writer.add_scalar(k, rec[k], step)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_accum:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tokens_per_sec']:,.0f}")
+            if callback:
+                callback(rec)
+            if ckpt_path and ((step + 1) % cfg.ckpt_interval == 0 or last):
+                save_checkpoint(ckpt_path, model, optimizer, step, cfg, loaders, scaler)
+            if loss_accum <= cfg.target_loss:
+                if progress:
+                    print(f"reached the target loss {cfg.target_loss} at step {step}")
+                break
+            if step == stop_after:
+                break
+    finally:
+        if bar:
+            bar.close()
+        if log_file:
+            log_file.close()
+        if writer:
+            writer.close()
+    return history
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
+    if not torch.is_tensor(idx) or idx.dim() != 2 or idx.size(1) == 0:
+        shape = tuple(idx.shape) if torch.is_tensor(idx) else type(idx).__name__
+        raise ValueError(f"idx must be a non-empty (B, T) tensor of token ids, got {shape}: encode a prompt first")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from logits (B, V): greedy at temperature 0, else sampled
+    from the softmax, restricted to the top_k tokens and/or the top_p nucleus."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = F.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the first always stays
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
+def generate_text(model: GPT, prompt: str, max_new_tokens: int = 50, num_samples: int = 1,
+                  temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = None,
+                  use_cache: bool = True, seed: int | None = None, device=None) -> list[str]:
+    """Prompt string in, num_samples continuations (prompt included) out, through tiktoken."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("prompt must be a non-empty string")
+    enc = get_tokenizer()
+    model = unwrap(model)
+    device = device or next(model.parameters()).device
+    idx = torch.tensor(enc.encode(prompt), dtype=torch.long, device=device).repeat(num_samples, 1)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+    return [enc.decode(row.tolist()) for row in out]
+
+
+# ----------------------------------------------------------------------------- utilities
+
+
+def get_device() -> str:
+    """The fastest device here: cuda, then mps (Apple silicon), then cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def set_seed(seed: int = 1337):
+    """Seed Python's and torch's generators (all devices) for a repeatable run."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+
+
+def compare(name: str, ours, reference, atol: float = 1e-5, rtol: float = 0.0) -> float:
+    """Print a one-line verdict on ours vs reference; raise AssertionError when they differ."""
+    ours, reference = torch.as_tensor(ours), torch.as_tensor(reference)
+    if ours.shape != reference.shape:
+        raise AssertionError(f"{name}: shapes differ: {tuple(ours.shape)} vs {tuple(reference.shape)}")
+    diff = (ours.double() - reference.double()).abs().max().item() if ours.numel() else 0.0
+    ok = torch.allclose(ours.double(), reference.double(), atol=atol, rtol=rtol)
+    print(f"{'OK  ' if ok else 'FAIL'} {name}: max |diff| = {diff:.1e} (atol {atol:g}, rtol {rtol:g})")
+    if not ok:
+        raise AssertionError(f"{name}: max |diff| {diff:.3e} exceeds atol {atol:g} + rtol {rtol:g}")
+    return diff
