@@ -708,12 +708,16 @@ def read_log(path) -> list[dict]:
 
 def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loader=None,
           out_dir=None, resume: bool = False, progress: bool = True, tensorboard: bool = False,
-          compile: bool = False, callback=None, stop_after: int | None = None) -> list[dict]:
+          callback=None, stop_after: int | None = None, compile: bool | None = None,
+          amp: bool = True, fused: bool | None = None, tf32: bool = True) -> list[dict]:
     """Train `model` as the original notebook did and return the per-step metrics.
 
     Writes metrics.jsonl and ckpt.pt to out_dir (when given); resume=True continues
     exactly from out_dir/ckpt.pt. callback(record) is called after every step.
     stop_after=k ends the run after step k with a checkpoint, as an interruption would.
+    The fast path is on where it is safe; each switch turns one part off: compile
+    (torch.compile; default on CUDA only), amp (bf16/fp16 autocast on CUDA), fused
+    (fused AdamW kernel; default on CUDA), tf32 (TF32 matmuls on CUDA).
     """
     device = torch.device(device)
     if train_loader is None:
@@ -722,11 +726,11 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="val", val_fraction=cfg.val_fraction)
     model.to(device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 tensor cores for fp32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-    amp_dtype = autocast_dtype(device)
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # TF32 tensor cores for fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = tf32
+    amp_dtype = autocast_dtype(device) if amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    optimizer = configure_optimizer(model, cfg, device.type)
+    optimizer = configure_optimizer(model, cfg, device.type, fused=fused)
     loaders = {"train": train_loader} | ({"val": val_loader} if val_loader is not None else {})
 
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -751,7 +755,9 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
     if tensorboard and out_dir:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(out_dir / "tensorboard")
-    step_model = torch.compile(model) if compile else model
+    if compile is None:
+        compile = device.type == "cuda"
+    step_model = torch.compile(model) if compile else model  # same parameters, compiled forward
 
     history = []
     bar = None
