@@ -235,6 +235,12 @@ class GPT(nn.Module):
     ):
         """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + new)."""
         _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
+        lo, hi = idx.min().item(), idx.max().item()
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(
+                f"idx holds token id {lo if lo < 0 else hi}, outside this model's vocabulary "
+                f"0..{self.config.vocab_size - 1}: encode the prompt with the model's tokenizer"
+            )
         n_vocab = min(self.config.vocab_size, GPT2_VOCAB_SIZE)
         block = self.config.block_size
         cache = None
@@ -283,11 +289,23 @@ def _load_hf_gpt2(name_or_path: str):
         config_file = path / "config.json"
         if not config_file.is_file():
             raise ValueError(f"{name!r} has no config.json: it is not an HF checkpoint directory")
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        try:
+            model_type = json.loads(config_file.read_text()).get("model_type")
+        except (ValueError, AttributeError):
+            raise ValueError(f"{name!r}: its config.json is not a JSON object: the checkpoint is damaged") from None
         if model_type != "gpt2":
             raise ValueError(
                 f"{name!r} holds a {model_type!r} checkpoint, not GPT-2 (model_type 'gpt2')"
             )
+        try:  # a missing weights file (OSError) or a weight whose shape its config.json contradicts
+            return GPT2LMHeadModel.from_pretrained(name)
+        except (OSError, RuntimeError) as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "mismatched_sizes" in why:  # transformers' own message only points at its load report
+                why = "a weight's shape does not match its config.json (the load report above names it)"
+            raise ValueError(
+                f"{name!r} is not a loadable GPT-2 checkpoint: {why}; save it again with save_pretrained"
+            ) from e
     return GPT2LMHeadModel.from_pretrained(name)
 
 
@@ -299,6 +317,7 @@ def _config_from_hf(hf_config, name) -> GPTConfig:
         "scale_attn_weights": not getattr(hf_config, "scale_attn_weights", True),
         "scale_attn_by_inverse_layer_idx": getattr(hf_config, "scale_attn_by_inverse_layer_idx", False),
         "tie_word_embeddings": not getattr(hf_config, "tie_word_embeddings", True),
+        "n_inner": getattr(hf_config, "n_inner", None) not in (None, 4 * hf_config.n_embd),  # MLP width
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
@@ -348,6 +367,9 @@ def to_hf(model: GPT):
     else:  # a toy vocabulary has no <|endoftext|>
         hf_config.bos_token_id = hf_config.eos_token_id = None
     hf = GPT2LMHeadModel(hf_config)
+    if c.vocab_size > GPT2_VOCAB_SIZE:  # a padded vocab's extra ids decode to nothing: never generate them
+        hf.generation_config.suppress_tokens = list(range(GPT2_VOCAB_SIZE, c.vocab_size))
+    hf.generation_config.pad_token_id = hf_config.eos_token_id  # GPT-2 has no pad token
     sd_hf = hf.state_dict()
     with torch.no_grad():
         for k, v in model.state_dict().items():
@@ -355,11 +377,52 @@ def to_hf(model: GPT):
     return hf.eval()
 
 
-def export_hf(model: GPT, directory) -> Path:
-    """Write our GPT as an HF GPT-2 checkpoint directory (config.json + weights)."""
+# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads
+GPT2_BPE_FILES = {
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+
+def export_hf(model: GPT, directory, tokenizer: bool | None = None) -> Path:
+    """Write our GPT as an HF GPT-2 checkpoint directory (config.json + weights).
+
+    tokenizer=True also writes GPT-2's tokenizer there (from the BPE files tiktoken has
+    already fetched, no hub download), so pipeline("text-generation", model=directory)
+    works; the default writes it when the vocabulary is GPT-2's (vocab_size >= 50257).
+    """
     directory = Path(directory)
+    vocab_size = unwrap(model).config.vocab_size
+    if tokenizer is None:
+        tokenizer = vocab_size >= GPT2_VOCAB_SIZE
+    elif tokenizer and vocab_size < GPT2_VOCAB_SIZE:
+        raise ValueError(f"export_hf(tokenizer=True): the model's vocab_size {vocab_size} is smaller than "
+                         f"GPT-2's {GPT2_VOCAB_SIZE}, so GPT-2's tokenizer does not fit it; pass tokenizer=False")
     to_hf(model).save_pretrained(directory)
+    if tokenizer:
+        from tiktoken.load import read_file_cached  # tiktoken's cache, or a download on first use
+        from transformers import GPT2Tokenizer
+
+        for name, (url, sha256) in GPT2_BPE_FILES.items():
+            (directory / name).write_bytes(read_file_cached(url, sha256))
+        GPT2Tokenizer.from_pretrained(directory).save_pretrained(directory)
     return directory
+
+
+def hf_hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF hub can be asked for weights now: False when HF_HUB_OFFLINE is set
+    or huggingface.co does not answer within `timeout` seconds (no long retries)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- data
@@ -421,8 +484,8 @@ class DataLoaderLite:
                 raise ValueError(f"DataLoaderLite: {name} must be a positive integer, got {value!r}")
         if split not in ("train", "val"):
             raise ValueError(f"DataLoaderLite: split must be 'train' or 'val', got {split!r}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"DataLoaderLite: val_fraction must be in [0, 1), got {val_fraction!r}")
+        if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"DataLoaderLite: val_fraction must be a number in [0, 1), got {val_fraction!r}")
         self.B, self.T, self.split = B, T, split
         self.path = Path(path if path is not None else DEFAULT_INPUT)
         tokens = load_tokens(self.path)
@@ -432,10 +495,11 @@ class DataLoaderLite:
             raise ValueError(
                 f"{self.path.name}: the {split!r} split has {len(self.tokens):,} tokens, fewer than "
                 f"B*T+1 = {B * T + 1:,} needed for one batch: use a smaller B or T, or more text"
+                + (", or a larger val_fraction" if split == "val" else "")
             )
         self.position = 0
         if verbose:
-            print(f"{split}: {len(self.tokens):,} tokens, {len(self.tokens) // (B * T)} batches of {B}x{T} per epoch")
+            print(f"{split}: {len(self.tokens):,} tokens, {(len(self.tokens) - 1) // (B * T)} batches of {B}x{T} per epoch")
 
     def next_batch(self):
         """x (B, T) inputs and y (B, T) targets: y is x shifted left by one token."""
@@ -460,7 +524,11 @@ class DataLoaderLite:
                 f"data-loader state is for a {state.get('split')!r} split of {state.get('n_tokens')} tokens, "
                 f"this loader reads a {self.split!r} split of {len(self.tokens)}: same text file and val_fraction?"
             )
-        self.position = int(state["position"])
+        position = state.get("position")
+        if not isinstance(position, int) or not 0 <= position < len(self.tokens):
+            raise ValueError(f"data-loader state has position {position!r}, not a token index of this split: a corrupted checkpoint?")
+        # saved with another B*T, the next batch may not fit: start over, as next_batch would
+        self.position = position if position + self.B * self.T + 1 <= len(self.tokens) else 0
 
 
 # ----------------------------------------------------------------------------- training
@@ -503,6 +571,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_lr must be positive, got {self.max_lr!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"TrainConfig.grad_clip must be positive (1.0 in GPT-2), got {self.grad_clip!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
 
     @property
     def tokens_per_step(self) -> int:
@@ -512,11 +586,12 @@ class TrainConfig:
 PRESETS = {
     # the original notebook's run: GPT-2 124M on a GPU
     "gpu": TrainConfig(),
-    # a small GPT that visibly learns on a laptop CPU in a few minutes
+    # a small GPT that visibly learns on a laptop CPU in a few minutes: 64 wide, because the
+    # 50257-row output layer dominates the cost; a high LR suits so small a model
     "cpu": TrainConfig(
-        model=GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128),
-        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=1e-3, warmup_steps=20,
-        max_steps=300, eval_interval=50, eval_iters=10, ckpt_interval=100,
+        model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=64),
+        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=3e-3, warmup_steps=10,
+        max_steps=200, eval_interval=25, eval_iters=5, ckpt_interval=100,
     ),
     # seconds on a 2-core CI machine: checks the plumbing, learns nothing
     "smoke": TrainConfig(
@@ -666,11 +741,23 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
+# what may change when a run resumes: when and how it evaluates, saves and stops early
+RESUME_MAY_CHANGE = ("target_loss", "eval_interval", "eval_iters", "ckpt_interval")
+
+
 def load_checkpoint(path, model=None, optimizer=None, loaders: dict | None = None, scaler=None,
-                    map_location="cpu", restore_rng: bool = True) -> dict:
+                    map_location="cpu", restore_rng: bool = True, train_config: TrainConfig | None = None) -> dict:
     """Load a checkpoint into model (built here from its config when None), optimizer,
-    loaders and scaler. Returns the checkpoint dict with "model" set to the model."""
+    loaders and scaler. Returns the checkpoint dict with "model" set to the model.
+    With train_config, first check that the run was saved with the same one (resuming)."""
     state = read_checkpoint(path, map_location)
+    if train_config is not None and state["train_config"] is not None:
+        new, old = asdict(train_config), state["train_config"]
+        diffs = [f"{k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items()
+                 if k not in RESUME_MAY_CHANGE and old.get(k) != v]
+        if diffs:
+            raise ValueError(f"checkpoint {str(path)!r} was trained with a different TrainConfig "
+                             f"({'; '.join(diffs)}): resume with the checkpoint's settings, or use another out_dir")
     saved = GPTConfig(**state["model_config"])
     if model is None:
         model = GPT(saved)
@@ -695,14 +782,28 @@ def load_checkpoint(path, model=None, optimizer=None, loaders: dict | None = Non
 
 
 def read_log(path) -> list[dict]:
-    """The metrics of a JSON-lines log, one dict per step; a resumed run's records replace
-    those of the same step from before the resume."""
+    """The metrics of a JSON-lines log, one dict per step, in step order.
+
+    A resume marker drops the records from its step on: they came from steps done after
+    the checkpoint, which the resumed run does again. A line cut short by a crash (the
+    last one, or the one before a resume marker) is skipped; any other bad line raises.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics log {str(path)!r} not found: train with an out_dir first")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
     by_step = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
+    for i, line in enumerate(lines):
+        try:
             rec = json.loads(line)
-            if "step" in rec and "loss" in rec:
-                by_step[rec["step"]] = rec
+        except ValueError:
+            if i == len(lines) - 1 or '"event": "resume"' in lines[i + 1]:
+                continue  # the write a crash interrupted
+            raise ValueError(f"{str(path)!r} line {i + 1} is not JSON: the log is damaged") from None
+        if rec.get("event") == "resume":
+            by_step = {k: v for k, v in by_step.items() if k < rec["from_step"]}
+        elif "step" in rec and "loss" in rec:
+            by_step[rec["step"]] = rec
     return [by_step[k] for k in sorted(by_step)]
 
 
@@ -714,16 +815,27 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
 
     Writes metrics.jsonl and ckpt.pt to out_dir (when given); resume=True continues
     exactly from out_dir/ckpt.pt. callback(record) is called after every step.
+    Data: input.txt unless train_loader is given; val_loader defaults to the held-out
+    tail of the train loader's file (none when cfg.val_fraction is 0).
     stop_after=k ends the run after step k with a checkpoint, as an interruption would.
     The fast path is on where it is safe; each switch turns one part off: compile
     (torch.compile; default on CUDA only), amp (bf16/fp16 autocast on CUDA), fused
     (fused AdamW kernel; default on CUDA), tf32 (TF32 matmuls on CUDA).
     """
+    if tensorboard:  # checked first: a missing package must not cost a half-started run
+        if out_dir is None:
+            raise ValueError("tensorboard=True needs an out_dir to write its event files to")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("tensorboard=True needs the tensorboard package, which is not installed: "
+                              "pip install tensorboard (or train without tensorboard)") from None
     device = torch.device(device)
     if train_loader is None:
         train_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="train", val_fraction=cfg.val_fraction)
-    if val_loader is None and cfg.val_fraction > 0:
-        val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="val", val_fraction=cfg.val_fraction)
+    if val_loader is None and cfg.val_fraction > 0:  # the held-out tail of the training text
+        val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=getattr(train_loader, "path", None),
+                                    split="val", val_fraction=cfg.val_fraction)
     model.to(device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32  # TF32 tensor cores for fp32 matmuls
@@ -738,23 +850,27 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
     log_path = out_dir / "metrics.jsonl" if out_dir else None
     start_step = 0
     if resume:
-        if ckpt_path is None or not ckpt_path.is_file():
+        if ckpt_path is None:
+            raise ValueError("resume=True needs out_dir: the folder of the run to continue")
+        if not ckpt_path.is_file():
             raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(ckpt_path)!r}: train without resume first")
-        state = load_checkpoint(ckpt_path, model, optimizer, loaders, scaler)
+        state = load_checkpoint(ckpt_path, model, optimizer, loaders, scaler, train_config=cfg)
         start_step = state["step"] + 1
-    elif ckpt_path is not None and ckpt_path.exists():
-        raise FileExistsError(f"{str(ckpt_path)!r} already exists: pass resume=True to continue it, or use another out_dir")
     else:
+        for path in (ckpt_path, log_path):  # never overwrite or mix into an earlier run's files
+            if path is not None and path.exists():
+                raise FileExistsError(f"{str(path)!r} already exists: pass resume=True to continue "
+                                      "that run, or use another out_dir")
         torch.manual_seed(cfg.seed)
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "a") if log_path else None
-    if log_file and resume:
-        log_file.write(json.dumps({"event": "resume", "from_step": start_step}) + "\n")
-    writer = None
-    if tensorboard and out_dir:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(out_dir / "tensorboard")
+    log_file = None
+    if log_path:
+        cut = log_path.is_file() and log_path.read_bytes()[-1:] not in (b"", b"\n")  # a crash mid-write
+        log_file = open(log_path, "a")
+        if resume:
+            log_file.write("\n" * cut + json.dumps({"event": "resume", "from_step": start_step}) + "\n")
+    writer = SummaryWriter(out_dir / "tensorboard") if tensorboard else None
     if compile is None:
         compile = device.type == "cuda"
     step_model = torch.compile(model) if compile else model  # same parameters, compiled forward
@@ -764,7 +880,8 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", dynamic_ncols=True)
-    t_start = time.time()
+    t_start = time.time() - (state["extra"].get("elapsed", 0.0) if resume else 0.0)  # elapsed goes on
+    tokens_per_step = train_loader.B * train_loader.T * cfg.grad_accum_steps
     step = start_step - 1
     try:
         for step in range(start_step, cfg.max_steps):
@@ -782,6 +899,9 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
                 loss = loss / cfg.grad_accum_steps  # the sum of the parts is the mean of the whole
                 loss_accum += loss.item()
                 (scaler.scale(loss) if scaler else loss).backward()
+            if not math.isfinite(loss_accum):  # stop before a diverged model overwrites the checkpoint
+                raise FloatingPointError(f"the loss is {loss_accum} at step {step}: training diverged; "
+                                         "lower max_lr or raise warmup_steps (the last checkpoint is intact)")
             if scaler:
                 scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
@@ -794,7 +914,7 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
                 torch.cuda.synchronize()
             dt = time.time() - t0
             rec = {"step": step, "loss": loss_accum, "val_loss": None, "lr": lr, "grad_norm": norm,
-                   "tokens_per_sec": cfg.tokens_per_step / dt, "elapsed": time.time() - t_start}
+                   "tokens_per_sec": tokens_per_step / dt, "elapsed": time.time() - t_start}
             last = step == cfg.max_steps - 1 or loss_accum <= cfg.target_loss or step == stop_after
             if val_loader is not None and (step % cfg.eval_interval == 0 or last):
                 rec["val_loss"] = estimate_loss(step_model, val_loader, cfg.eval_iters, device, amp_dtype)
@@ -812,7 +932,8 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
             if callback:
                 callback(rec)
             if ckpt_path and ((step + 1) % cfg.ckpt_interval == 0 or last):
-                save_checkpoint(ckpt_path, model, optimizer, step, cfg, loaders, scaler)
+                save_checkpoint(ckpt_path, model, optimizer, step, cfg, loaders, scaler,
+                                extra={"elapsed": rec["elapsed"]})
             if loss_accum <= cfg.target_loss:
                 if progress:
                     print(f"reached the target loss {cfg.target_loss} at step {step}")
@@ -832,23 +953,35 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
 # ----------------------------------------------------------------------------- generation
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _check_sampling_args(temperature, top_k, top_p):
+    if not _is_number(temperature) or not temperature >= 0:  # `not >=` also rejects NaN
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None (no top-k filter), got {top_k!r}")
+    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be a number in (0, 1] or None (no nucleus filter), got {top_p!r}")
+
+
 def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
     if not torch.is_tensor(idx) or idx.dim() != 2 or idx.size(1) == 0:
         shape = tuple(idx.shape) if torch.is_tensor(idx) else type(idx).__name__
         raise ValueError(f"idx must be a non-empty (B, T) tensor of token ids, got {shape}: encode a prompt first")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    _check_sampling_args(temperature, top_k, top_p)
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """One token per row from logits (B, V): greedy at temperature 0, else sampled
     from the softmax, restricted to the top_k tokens and/or the top_p nucleus."""
+    _check_sampling_args(temperature, top_k, top_p)
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise ValueError(f"logits must be a (B, V) tensor, got {shape}: for one row pass logits[None]")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = logits / temperature
@@ -870,11 +1003,14 @@ def generate_text(model: GPT, prompt: str, max_new_tokens: int = 50, num_samples
                   use_cache: bool = True, seed: int | None = None, device=None) -> list[str]:
     """Prompt string in, num_samples continuations (prompt included) out, through tiktoken."""
     if not isinstance(prompt, str) or not prompt:
-        raise ValueError("prompt must be a non-empty string")
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     enc = get_tokenizer()
     model = unwrap(model)
     device = device or next(model.parameters()).device
-    idx = torch.tensor(enc.encode(prompt), dtype=torch.long, device=device).repeat(num_samples, 1)
+    ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})  # a prompt may start a new document
+    idx = torch.tensor(ids, dtype=torch.long, device=device).repeat(num_samples, 1)  # (num_samples, T)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)

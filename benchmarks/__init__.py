@@ -1,0 +1,1 @@
+"""Benchmark scripts; importable so notebooks and tests reuse their pieces."""

@@ -1,0 +1,604 @@
+"""Training throughput of our GPT, one optimization at a time, and against HF's GPT-2.
+
+    python benchmarks/train_speed.py                          # this machine's preset (gpu on CUDA, else cpu)
+    python benchmarks/train_speed.py --preset gpu             # GPT-2 124M, B=32, T=256
+    python benchmarks/train_speed.py --n-layer 4 --n-embd 256 --batch-size 8 --seq-len 256 --steps 10
+    python benchmarks/train_speed.py --preset smoke --steps 2 --json speed.json
+
+It prints two tables, every row measured in the same process on the same batch:
+
+1. The ladder. Each rung keeps everything above it and adds one change:
+   fp32 with the original explicit masked-softmax attention -> TF32 matmuls ->
+   bf16 autocast -> F.scaled_dot_product_attention (flash attention) ->
+   torch.compile -> vocabulary padded to a multiple of 128 (50,257 -> 50,304) ->
+   fused AdamW. Rungs that do not apply to the device are skipped, with the reason.
+2. Our GPT with the best settings against HF's GPT2LMHeadModel with the same sizes,
+   weights, batch, optimizer and settings, and the ratio of their tokens/s.
+
+Timing: the first --warmup steps are not timed (allocator, kernel selection and
+compilation happen there); every timed step ends with a device synchronize; a row
+reports the median step. A step is what train() in gpt_helpers does: zero_grad,
+forward with the loss, backward, gradient clipping, optimizer step.
+
+MFU (model FLOPs utilization) = tokens/s * FLOPs per token / the device's peak:
+    FLOPs per token = 6 N + 12 L C T
+    N = every parameter except the position embeddings (a lookup multiplies nothing);
+        the tied wte/lm_head matrix counts once, for lm_head's (C -> V) matmul.
+    6 N: 2 FLOPs per parameter per token forward (a multiply and an add), 4 backward.
+    12 L C T: attention's scores q k^T and weighted sum att v, 2 T C FLOPs each per token
+        and layer forward, times 3 for forward + backward (the causal half is not subtracted).
+Peaks are dense bf16/fp16 tensor-core figures (PEAK_TFLOPS); on a CPU MFU is '-'
+unless you pass --peak-tflops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: find gpt_helpers one folder up
+    sys.path.insert(0, str(ROOT))
+
+from gpt_helpers import (  # noqa: E402
+    GPT,
+    GPT2_VOCAB_SIZE,
+    CausalSelfAttention,
+    GPTConfig,
+    TrainConfig,
+    autocast_dtype,
+    configure_optimizer,
+    get_device,
+    get_preset,
+    preset_name,
+    set_seed,
+    to_hf,
+)
+
+# ----------------------------------------------------------------------------- device peaks
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets.
+# Matched against torch.cuda.get_device_name(), first match wins (so H100 PCIe before H100).
+PEAK_TFLOPS = (
+    (r"H100.*PCIe", "H100 PCIe", 756.0),
+    (r"H100", "H100 SXM", 989.0),
+    (r"H200", "H200", 989.0),
+    (r"A100", "A100", 312.0),
+    (r"\bL4\b", "L4", 121.0),  # not L40 / L40S
+    (r"\bT4\b", "T4", 65.0),  # fp16 only: T4 has no bf16
+)
+
+
+def peak_tflops(device_name: str) -> tuple[str, float] | None:
+    """(short name, dense bf16/fp16 TFLOP/s) for a GPU name such as 'NVIDIA H100 80GB HBM3',
+    or None when the device is not in PEAK_TFLOPS (CPUs, other GPUs)."""
+    for pattern, short, tflops in PEAK_TFLOPS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            return short, tflops
+    return None
+
+
+# ----------------------------------------------------------------------------- FLOPs and MFU
+
+
+def flops_params(config: GPTConfig) -> int:
+    """N of the 6N rule: the parameters a token is multiplied by, i.e. all but the position
+    embeddings; the tied wte/lm_head matrix counts once (as lm_head)."""
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    per_block = 12 * C * C + 13 * C  # c_attn 3C^2+3C, attn c_proj C^2+C, c_fc 4C^2+4C, mlp c_proj 4C^2+C, 2 LayerNorms 4C
+    return L * per_block + 2 * C + V * C  # + ln_f + lm_head
+
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward): 6 N + 12 L C T."""
+    return 6 * flops_params(config) + 12 * config.n_layer * config.n_embd * seq_len
+
+
+def mfu(tokens_per_sec: float, flops_token: float, peak: float | None) -> float | None:
+    """Achieved FLOP/s over the peak (peak in TFLOP/s); None when the peak is unknown."""
+    if not peak:
+        return None
+    return tokens_per_sec * flops_token / (peak * 1e12)
+
+
+def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
+    """The next multiple of `multiple` (50,257 -> 50,304 = 393 * 128): GPU matmul tiles come in
+    powers of two, so an odd dimension leaves a ragged last tile that runs on a slow path."""
+    return -(-vocab_size // multiple) * multiple
+
+
+# ----------------------------------------------------------------------------- the original attention
+
+
+class ExplicitCausalSelfAttention(CausalSelfAttention):
+    """The original notebook's attention: build the (T, T) score matrix, mask the future with
+    -inf, softmax, multiply by v. Same weights and result as CausalSelfAttention, but the
+    (B, nh, T, T) matrix is written to memory and read back several times, where
+    F.scaled_dot_product_attention fuses it all into one kernel."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        mask = torch.ones(config.block_size, config.block_size, dtype=torch.bool).tril()
+        self.register_buffer("mask", mask.view(1, 1, config.block_size, config.block_size), persistent=False)
+
+    def forward(self, x, kv_cache=None, layer: int = 0):
+        if kv_cache is not None:
+            raise ValueError("ExplicitCausalSelfAttention is for training benchmarks only: "
+                             "generate with CausalSelfAttention (no kv_cache here)")
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, T)
+        att = att.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))  # no peeking ahead
+        att = F.softmax(att, dim=-1)
+        y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+def use_explicit_attention(model: GPT) -> GPT:
+    """Swap every block's attention for ExplicitCausalSelfAttention, sharing its Linear layers
+    (same parameters, so weights and optimizer state carry over). Returns the model."""
+    for block in model.transformer.h:
+        old = block.attn
+        new = ExplicitCausalSelfAttention(model.config).to(old.c_attn.weight.device)
+        new.c_attn, new.c_proj = old.c_attn, old.c_proj
+        block.attn = new
+    return model
+
+
+# ----------------------------------------------------------------------------- the ladder
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One point on the ladder: which optimizations are on."""
+
+    tf32: bool = False  # TF32 tensor cores for fp32 matmuls (CUDA, Ampere+)
+    amp: bool = False  # autocast: bf16 (fp16 + grad scaler where the GPU has no bf16)
+    sdpa: bool = False  # F.scaled_dot_product_attention instead of the explicit softmax
+    compile: bool = False  # torch.compile the model
+    pad_vocab: bool = False  # vocab_size rounded up to a multiple of 128
+    fused: bool = False  # AdamW's fused kernel (one launch for all parameters)
+
+    def describe(self) -> str:
+        on = [k for k, v in asdict(self).items() if v]
+        return ", ".join(on) if on else "fp32, explicit attention"
+
+
+# (key, row name, the field the rung switches on); the first rung is the original, all off
+RUNGS = (
+    ("original", "fp32, explicit attention", None),
+    ("tf32", "+ TF32 matmuls", "tf32"),
+    ("bf16", "+ bf16 autocast", "amp"),
+    ("sdpa", "+ flash attention (SDPA)", "sdpa"),
+    ("compile", "+ torch.compile", "compile"),
+    ("vocab", "+ vocab padded to x128", "pad_vocab"),
+    ("fused", "+ fused AdamW", "fused"),
+)
+
+
+def skip_reason(key: str, device: torch.device, compile_cpu: bool = False, vocab_size: int = GPT2_VOCAB_SIZE) -> str | None:
+    """Why a rung does not apply to this device, or None when it runs."""
+    cuda = device.type == "cuda"
+    if key == "tf32":
+        if not cuda:
+            return "TF32 is an NVIDIA tensor-core format (Ampere and newer)"
+        if torch.cuda.get_device_capability(device)[0] < 8:
+            return "this GPU predates TF32 (needs compute capability 8.0+)"
+    if key == "bf16" and not cuda:
+        return "autocast pays off on GPU tensor cores; on most CPUs bf16 is slower"
+    if key == "compile" and not cuda and not compile_cpu:
+        return "compiling on CPU takes minutes; pass --compile-cpu to include it"
+    if key == "vocab" and padded_vocab(vocab_size) == vocab_size:
+        return f"vocab {vocab_size:,} is already a multiple of 128"
+    return None
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _rss_mib() -> float | None:
+    """Resident memory of this process in MiB (Linux), else None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_memory(device: torch.device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    elif platform.system() == "Linux":
+        try:  # give freed heap pages back to the OS so the next RSS baseline is honest
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def set_tf32(on: bool):
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def make_batch(batch_size: int, seq_len: int, device, vocab_size: int = GPT2_VOCAB_SIZE, seed: int = 1337):
+    """A fixed (B, T) batch of random token ids and its targets (shifted by one).
+    Speed does not depend on the text, so no tokenizer is needed."""
+    g = torch.Generator().manual_seed(seed)
+    buf = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=g)
+    return buf[:, :-1].contiguous().to(device), buf[:, 1:].contiguous().to(device)
+
+
+def build_gpt(model_config: GPTConfig, settings: Settings, device, seed: int = 1337) -> GPT:
+    """Our GPT for a rung: padded vocab and the explicit attention as the settings say."""
+    if settings.pad_vocab:
+        model_config = replace(model_config, vocab_size=padded_vocab(model_config.vocab_size))
+    set_seed(seed)
+    model = GPT(model_config)
+    if not settings.sdpa:
+        use_explicit_attention(model)
+    return model.to(device)
+
+
+def build_hf(model_config: GPTConfig, settings: Settings, device, seed: int = 1337):
+    """HF's GPT2LMHeadModel with the same sizes and weights as build_gpt, dropout 0."""
+    ours = build_gpt(model_config, replace(settings, sdpa=True), "cpu", seed)
+    hf = to_hf(ours).train()
+    hf.loss_type = "ForCausalLM"  # what HF picks anyway, without its warning
+    return hf.to(device)
+
+
+def gpt_loss(model, x, y):
+    return model(x, y)[1]
+
+
+def hf_loss(model, x, y):
+    # shift_labels=y: HF takes the targets as they are (ours are already shifted), so both
+    # models compute the same loss over the same B*T tokens
+    return model(input_ids=x, labels=y, shift_labels=y).loss
+
+
+def measure(model, loss_fn, settings: Settings, device, batch, steps: int = 10, warmup: int = 2,
+            train_config: TrainConfig | None = None, mem_baseline: float | None = None) -> dict:
+    """Train `model` for warmup + steps steps on `batch`; time the last `steps`.
+
+    Returns tokens_per_sec and step_ms (from the median step), peak_mem_mib (CUDA:
+    max_memory_allocated; CPU: the largest RSS seen during a step minus mem_baseline,
+    an approximation) and the first and last losses.
+    """
+    device = torch.device(device)
+    cfg = train_config or TrainConfig()
+    x, y = batch
+    if device.type == "cuda":
+        set_tf32(settings.tf32)
+    amp_dtype = autocast_dtype(device) if settings.amp else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    optimizer = configure_optimizer(model, cfg, device.type, fused=settings.fused)
+    step_model = torch.compile(model) if settings.compile else model
+    if settings.compile:
+        warmup = max(warmup, 2)  # the first call compiles: never time it
+    track_rss = device.type == "cpu" and mem_baseline is not None
+    rss_peak = [0.0]
+
+    def probe():
+        if track_rss:
+            rss_peak[0] = max(rss_peak[0], _rss_mib() or 0.0)
+
+    times, losses = [], []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            loss = loss_fn(step_model, x, y)
+        probe()  # activations are alive now
+        (scaler.scale(loss) if scaler else loss).backward()
+        probe()  # and the gradients
+        if scaler:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        _sync(device)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+        if i == 0 or i == warmup + steps - 1:
+            losses.append(loss.item())
+    step = statistics.median(times)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    elif track_rss:
+        peak = max(0.0, rss_peak[0] - mem_baseline)
+    else:
+        peak = None
+    return {"tokens_per_sec": x.numel() / step, "step_ms": step * 1e3, "peak_mem_mib": peak,
+            "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def run_one(build, loss_fn, settings: Settings, device, batch, steps: int, warmup: int) -> dict:
+    """Build a model with build(settings, device), measure it, free it."""
+    device = torch.device(device)
+    _release_memory(device)
+    baseline = _rss_mib() if device.type == "cpu" else None
+    model = build(settings, device)
+    try:
+        return measure(model, loss_fn, settings, device, batch, steps, warmup, mem_baseline=baseline)
+    finally:
+        del model
+        torch._dynamo.reset() if settings.compile else None
+        _release_memory(device)
+
+
+def run_ladder(model_config: GPTConfig, batch_size: int, seq_len: int, device, steps: int = 10,
+               warmup: int = 2, compile_cpu: bool = False, peak: float | None = None,
+               keys=None, log=print) -> list[dict]:
+    """Measure every rung of RUNGS (or only those in `keys`, still cumulative) in this process.
+
+    Each row: key, name, status ('ran', 'skipped', 'failed'), reason, settings, and for rows
+    that ran tokens_per_sec, step_ms, peak_mem_mib, mfu, speedup (over the first row that ran).
+    """
+    device = torch.device(device)
+    batch = make_batch(batch_size, seq_len, device)
+    settings = Settings()
+    rows, base = [], None
+    for key, name, field_name in RUNGS:
+        if keys is not None and key not in keys:
+            continue
+        row = {"key": key, "name": name, "status": "ran", "reason": None}
+        reason = skip_reason(key, device, compile_cpu, model_config.vocab_size)
+        if reason:
+            row.update(status="skipped", reason=reason, settings=settings.describe())
+            rows.append(row)
+            log(f"  {name:<28} skipped: {reason}")
+            continue
+        trial = replace(settings, **{field_name: True}) if field_name else settings
+        try:
+            result = run_one(lambda s, d: build_gpt(model_config, s, d), gpt_loss, trial, device, batch, steps, warmup)
+        except Exception as e:  # a rung that breaks on this machine must not hide the others
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            row.update(status="failed", reason=f"{type(e).__name__}: {first}", settings=settings.describe())
+            rows.append(row)
+            log(f"  {name:<28} failed: {row['reason']}")
+            continue
+        settings = trial
+        vocab = padded_vocab(model_config.vocab_size) if settings.pad_vocab else model_config.vocab_size
+        ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
+        base = base or result["tokens_per_sec"]
+        row.update(result, settings=settings.describe(), mfu=mfu(result["tokens_per_sec"], ftok, peak),
+                   speedup=result["tokens_per_sec"] / base, _settings=settings)
+        rows.append(row)
+        log(f"  {name:<28} {result['tokens_per_sec']:>12,.0f} tokens/s")
+    return rows
+
+
+def best_settings(rows: list[dict]) -> Settings:
+    """The settings of the last rung that ran (every rung keeps the ones before it)."""
+    ran = [r for r in rows if r["status"] == "ran"]
+    return ran[-1]["_settings"] if ran else Settings(sdpa=True)
+
+
+def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, device, settings: Settings,
+                      steps: int = 10, warmup: int = 2, peak: float | None = None) -> dict:
+    """Our GPT and HF's GPT2LMHeadModel, same settings, sizes, weights, batch and optimizer.
+    Returns {"ours": row, "hf": row, "ratio": ours tokens/s / HF tokens/s}."""
+    device = torch.device(device)
+    batch = make_batch(batch_size, seq_len, device)
+    vocab = padded_vocab(model_config.vocab_size) if settings.pad_vocab else model_config.vocab_size
+    ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
+    out = {}
+    for who, build, loss_fn in (
+        ("ours", lambda s, d: build_gpt(model_config, s, d), gpt_loss),
+        ("hf", lambda s, d: build_hf(model_config, s, d), hf_loss),
+    ):
+        try:
+            r = run_one(build, loss_fn, settings, device, batch, steps, warmup)
+            r.update(status="ran", reason=None, mfu=mfu(r["tokens_per_sec"], ftok, peak))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:120]
+            r = {"status": "failed", "reason": f"{type(e).__name__}: {first}"}
+        out[who] = r
+    ok = out["ours"]["status"] == out["hf"]["status"] == "ran"
+    out["ratio"] = out["ours"]["tokens_per_sec"] / out["hf"]["tokens_per_sec"] if ok else None
+    out["settings"] = settings.describe()
+    return out
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def describe_device(device) -> tuple[str, tuple[str, float] | None]:
+    """A readable device name and its peak from PEAK_TFLOPS (None off the table)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return name, peak_tflops(name)
+    if device.type == "cpu":
+        return f"CPU, {torch.get_num_threads()} threads ({platform.machine()})", None
+    return device.type, None
+
+
+def _fmt_mem(mib):
+    return "-" if mib is None else f"{mib:,.0f} MiB"
+
+
+def _fmt_mfu(m):
+    return "-" if m is None else f"{100 * m:.1f}%"
+
+
+def format_table(rows: list[dict], comparison: dict | None = None) -> str:
+    """The ladder (and the comparison, when given) as aligned text."""
+    head = f"{'rung':<30}{'tokens/s':>12}{'step ms':>10}{'peak mem':>13}{'MFU':>8}{'speedup':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r["status"] != "ran":
+            lines.append(f"{r['name']:<30}  {r['status']}: {r['reason']}")
+            continue
+        lines.append(f"{r['name']:<30}{r['tokens_per_sec']:>12,.0f}{r['step_ms']:>10.1f}"
+                     f"{_fmt_mem(r['peak_mem_mib']):>13}{_fmt_mfu(r['mfu']):>8}{r['speedup']:>8.2f}x")
+    if comparison:
+        lines += ["", f"same settings ({comparison['settings']}), same batch, same optimizer:", head[:73], "-" * 73]
+        for who, name in (("ours", "our GPT"), ("hf", "HF GPT2LMHeadModel")):
+            r = comparison[who]
+            if r["status"] != "ran":
+                lines.append(f"{name:<30}  failed: {r['reason']}")
+                continue
+            lines.append(f"{name:<30}{r['tokens_per_sec']:>12,.0f}{r['step_ms']:>10.1f}"
+                         f"{_fmt_mem(r['peak_mem_mib']):>13}{_fmt_mfu(r['mfu']):>8}")
+        if comparison["ratio"] is not None:
+            lines.append(f"ours / HF tokens/s: {comparison['ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+def flops_line(model_config: GPTConfig, seq_len: int) -> str:
+    c, T = model_config, seq_len
+    n = flops_params(c)
+    return (f"FLOPs/token = 6N + 12*L*C*T = 6*{n:,} + 12*{c.n_layer}*{c.n_embd}*{T} = "
+            f"{flops_per_token(c, T) / 1e6:,.1f} MFLOP  (N = all parameters but the position "
+            f"embeddings, lm_head counted once; vocab {c.vocab_size:,})")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _positive(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be positive, got {value}")
+        return value
+    return parse
+
+
+def _non_negative(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--warmup must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--warmup must be >= 0, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help="gpt_helpers preset for sizes (smoke, cpu, gpu); default: $GPT_PRESET, "
+                                    "else gpu on CUDA and cpu elsewhere")
+    p.add_argument("--n-layer", type=_positive("--n-layer"))
+    p.add_argument("--n-head", type=_positive("--n-head"))
+    p.add_argument("--n-embd", type=_positive("--n-embd"))
+    p.add_argument("--batch-size", type=_positive("--batch-size"))
+    p.add_argument("--seq-len", type=_positive("--seq-len"))
+    p.add_argument("--steps", type=_positive("--steps"), default=10, help="timed steps per row (default 10)")
+    p.add_argument("--warmup", type=_non_negative, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the fastest here)")
+    p.add_argument("--compile-cpu", action="store_true", help="also run the torch.compile rung on CPU (slow to compile)")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU on a device not in the table")
+    p.add_argument("--no-hf", action="store_true", help="skip the comparison with HF's GPT2LMHeadModel")
+    p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
+    args = p.parse_args(argv)
+    try:
+        args.preset = preset_name(args.preset)
+        preset = get_preset(args.preset)
+    except ValueError as e:
+        p.error(str(e))
+    m = preset.model
+    args.batch_size = args.batch_size or preset.batch_size
+    args.seq_len = args.seq_len or preset.seq_len
+    n_embd = args.n_embd or m.n_embd
+    n_head = args.n_head or (m.n_head if n_embd % m.n_head == 0 else 1)
+    try:
+        args.model = GPTConfig(block_size=max(m.block_size, args.seq_len), vocab_size=m.vocab_size,
+                               n_layer=args.n_layer or m.n_layer, n_head=n_head, n_embd=n_embd)
+    except ValueError as e:
+        p.error(f"{e} (--n-embd / --n-head)")
+    args.device = args.device or get_device()
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device {args.device!r} is not a device name: use cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+    if args.peak_tflops is not None and args.peak_tflops <= 0:
+        p.error(f"--peak-tflops must be positive, got {args.peak_tflops}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dev_name, known = describe_device(device)
+    peak = args.peak_tflops or (known[1] if known else None)
+    c = args.model
+    print(f"device: {dev_name}; peak: "
+          + (f"{peak:g} TFLOP/s dense bf16/fp16" + (f" ({known[0]})" if known and not args.peak_tflops else "")
+             if peak else "unknown, so no MFU (pass --peak-tflops)"))
+    print(f"model: {c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, vocab {c.vocab_size:,}; "
+          f"batch B={args.batch_size} T={args.seq_len} ({args.batch_size * args.seq_len:,} tokens/step); "
+          f"torch {torch.__version__}")
+    print(f"timing: median of {args.steps} steps after {args.warmup} warm-up steps, synchronized; "
+          "on a shared machine the figures are noisy")
+    print(flops_line(c, args.seq_len))
+    print("\nthe ladder (each rung keeps the ones above it):")
+    rows = run_ladder(c, args.batch_size, args.seq_len, device, args.steps, args.warmup, args.compile_cpu, peak)
+    comparison = None
+    if not args.no_hf:
+        settings = best_settings(rows)
+        print(f"\nours vs HF with the best settings ({settings.describe()}):")
+        comparison = run_hf_comparison(c, args.batch_size, args.seq_len, device, settings,
+                                       args.steps, args.warmup, peak)
+    mem = "CUDA max_memory_allocated" if device.type == "cuda" else "RSS growth during a step, approximate"
+    print(f"\npeak mem: {mem}; speedup: tokens/s over the first rung\n")
+    print(format_table(rows, comparison))
+    result = {
+        "device": str(device), "device_name": dev_name, "peak_tflops": peak, "torch": torch.__version__,
+        "model": asdict(c), "batch_size": args.batch_size, "seq_len": args.seq_len,
+        "steps": args.steps, "warmup": args.warmup, "flops_per_token": flops_per_token(c, args.seq_len),
+        "rungs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        "hf_comparison": comparison,
+    }
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Every committed notebook is executed, clean, numbered, opens with the same setup cell,
+and is linked from the README; the course's GitHub address is written in one place only.
+
+The checks come from scripts/notebooks.py (`python scripts/notebooks.py check` prints the same
+problems), so a failure here is fixed with `python scripts/notebooks.py run NB`.
+"""
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+SETUP_CELL_FILE = ROOT / "scripts" / "setup_cell.py"
+README = ROOT / "README.md"
+_PART = r"([^/\s)\"']+)"  # one path segment of a link
+COLAB_LINK = re.compile(rf"https://colab\.research\.google\.com/github/{_PART}/{_PART}/blob/{_PART}/([^\s)\"'>]+)")
+
+
+def _load_notebooks_script():
+    spec = importlib.util.spec_from_file_location("course_notebooks_script", ROOT / "scripts" / "notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+notebooks_script = _load_notebooks_script()
+
+
+def _repo_url() -> str:
+    """REPO_URL as assigned in scripts/setup_cell.py (read, never executed: the cell clones in Colab)."""
+    tree = ast.parse(SETUP_CELL_FILE.read_text())
+    values = [node.value.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              and any(isinstance(t, ast.Name) and t.id == "REPO_URL" for t in node.targets)
+              and isinstance(node.value, ast.Constant)]
+    assert len(values) == 1, f"scripts/setup_cell.py should assign REPO_URL once, found {len(values)}"
+    return values[0]
+
+
+def _code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.fixture(params=NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def notebook(request):
+    return request.param, nbformat.read(request.param, as_version=4)
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, f"no notebooks/NN_*.ipynb in {NOTEBOOK_DIR.name}/"
+
+
+def test_notebooks_are_numbered_from_01_without_gaps():
+    numbers = [int(p.name[:2]) for p in NOTEBOOKS]
+    assert numbers == list(range(1, len(NOTEBOOKS) + 1)), [p.name for p in NOTEBOOKS]
+
+
+def test_no_stray_notebooks():
+    # a notebook outside the NN_name pattern is never tested and never linked
+    stray = [p.name for p in NOTEBOOK_DIR.glob("*.ipynb") if p not in NOTEBOOKS]
+    assert not stray, f"rename to NN_name.ipynb or remove: {stray}"
+
+
+def test_notebook_is_clean(notebook):
+    path, nb = notebook
+    found = notebooks_script.problems(nb, path.name)
+    assert not found, "\n".join(found) + "\n(fix: python scripts/notebooks.py run " + path.name + ")"
+
+
+def test_first_code_cell_is_the_setup_cell(notebook):
+    path, nb = notebook
+    cells = _code_cells(nb)
+    assert cells, f"{path.name} has no code cell"
+    assert cells[0].source.strip() == SETUP_CELL_FILE.read_text().strip(), (
+        f"{path.name}: run `python scripts/notebooks.py sync`")
+    assert not any(o.output_type == "error" for o in cells[0].outputs)
+
+
+def test_repo_url_is_written_only_in_the_setup_cell(notebook):
+    path, nb = notebook
+    url = _repo_url()
+    cells = _code_cells(nb)
+    elsewhere = [i for i, c in enumerate(nb.cells) if url in c.source and c is not cells[0]]
+    assert not elsewhere, f"{path.name}: cells {elsewhere} repeat REPO_URL; use the setup cell's REPO_URL"
+
+
+def test_repo_url_has_one_source_of_truth():
+    url = _repo_url()
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url), url
+    files = [*sorted((ROOT / "scripts").iterdir()), ROOT / "gpt_helpers.py", ROOT / "conftest.py", ROOT / ".ci" / "run"]
+    counts = {p.name: p.read_text().count(url) for p in files if p.is_file() and p.suffix in (".py", "", ".sh")}
+    assert counts.pop(SETUP_CELL_FILE.name) == 1
+    assert not any(counts.values()), f"REPO_URL repeated outside scripts/setup_cell.py: {counts}"
+
+
+def test_readme_links_every_notebook(notebook):
+    path, _ = notebook
+    if not README.exists():
+        pytest.skip("no README.md yet")
+    assert path.name in README.read_text(), f"README.md does not mention {path.name}"
+
+
+def _colab_links(text: str):
+    return [m.groups() for m in COLAB_LINK.finditer(text)]
+
+
+def _check_colab_links(source_name: str, text: str):
+    owner_repo = tuple(_repo_url().split("/")[-2:])
+    for owner, repo, _branch, file in _colab_links(text):
+        assert (owner, repo) == owner_repo, f"{source_name}: Colab link to {owner}/{repo}, not {'/'.join(owner_repo)}"
+        assert (ROOT / file).is_file(), f"{source_name}: Colab link to {file}, which does not exist"
+
+
+def test_readme_colab_links_point_at_the_course_repo():
+    if not README.exists():
+        pytest.skip("no README.md yet")
+    _check_colab_links("README.md", README.read_text())
+
+
+def test_readme_mentions_only_existing_notebooks():
+    if not README.exists():
+        pytest.skip("no README.md yet")
+    named = set(re.findall(r"\b\d\d_[\w-]+\.ipynb", README.read_text()))
+    missing = sorted(n for n in named if not (NOTEBOOK_DIR / n).is_file())
+    assert not missing, f"README.md names notebooks that do not exist: {missing}"
+
+
+def test_notebook_colab_badge_points_at_the_course_repo(notebook):
+    path, nb = notebook
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    _check_colab_links(path.name, text)
+    for *_, file in _colab_links(text):
+        assert file.endswith(path.name), f"{path.name}: its Colab badge opens {file}"
+
+
+def test_colab_link_pattern_reads_links():
+    # the link checks above pass vacuously if the pattern stops matching: keep it honest
+    link = "[![Open](b.svg)](https://colab.research.google.com/github/me/course/blob/main/notebooks/01_x.ipynb)"
+    assert _colab_links(link) == [("me", "course", "main", "notebooks/01_x.ipynb")]

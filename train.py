@@ -1,0 +1,197 @@
+"""Train the course's GPT-2 on input.txt from the command line.
+
+    python train.py                         # the preset for this machine: gpu on CUDA, else cpu
+    python train.py --preset smoke          # seconds: checks that everything runs
+    python train.py --preset gpu --batch-size 16 --grad-accum 8   # same tokens per step, less memory
+    python train.py --out-dir out --resume  # continue the run saved in out/
+
+Writes out_dir/ckpt.pt (model, optimizer, data positions, RNG: an exact resume),
+out_dir/metrics.jsonl (one JSON line per step) and out_dir/sample.txt (generated text).
+An existing checkpoint or log is never overwritten: continue it with --resume or pick
+another --out-dir. Bad flags exit with status 2 and a message; nothing is written then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import gpt_helpers as gh
+
+DEFAULT_PROMPT = "Ham.\n"
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--preset", choices=sorted(gh.PRESETS),
+                   help="model size and training settings: gpu = GPT-2 124M as in the original run, "
+                        "cpu = a small model that learns in minutes on a laptop, smoke = seconds, learns "
+                        "nothing (default: $GPT_PRESET, else gpu when CUDA is available, else cpu; "
+                        "with --resume, the checkpoint's own settings)")
+    p.add_argument("--batch-size", type=positive_int, metavar="B", help="sequences per micro-batch")
+    p.add_argument("--seq-len", type=positive_int, metavar="T",
+                   help="tokens per sequence (at most the model's block_size)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate, reached after warmup")
+    p.add_argument("--max-steps", type=positive_int, metavar="N", help="optimizer steps")
+    p.add_argument("--grad-accum", type=positive_int, metavar="K",
+                   help="micro-batches per optimizer step (tokens per step = B * T * K)")
+    p.add_argument("--target-loss", type=float, metavar="L",
+                   help="stop early once a step's average training loss is at or below L")
+    p.add_argument("--out-dir", default="out", help="where ckpt.pt, metrics.jsonl and sample.txt go (default: out)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
+    p.add_argument("--stop-after", type=non_negative_int, metavar="STEP",
+                   help="stop after this step with a checkpoint, as an interruption would (then --resume)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the fastest one here)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on with CUDA, off elsewhere)")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA instead of bf16/fp16 autocast")
+    p.add_argument("--no-fused", action="store_true", help="use the plain AdamW instead of the fused CUDA kernel")
+    p.add_argument("--no-tf32", action="store_true", help="keep fp32 matmuls exact on CUDA (no TF32 tensor cores)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to out_dir/tensorboard (needs: pip install tensorboard)")
+    p.add_argument("--seed", type=int, help="seed for the weights and the sample (default: the preset's, 1337)")
+    p.add_argument("--sample-tokens", type=non_negative_int, default=200, metavar="N",
+                   help="tokens of text to generate at the end, top-k 50 (0: none; default 200)")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"start of the sample (default {DEFAULT_PROMPT!r})")
+    return p
+
+
+FLAG_FIELDS = {"batch_size": "batch_size", "seq_len": "seq_len", "lr": "max_lr", "max_steps": "max_steps",
+               "grad_accum": "grad_accum_steps", "target_loss": "target_loss", "seed": "seed"}
+
+
+def make_config(args, parser, ckpt_path: Path):
+    """The run's TrainConfig: the preset (or, resuming, the checkpoint's) plus the flags given."""
+    if args.resume and args.preset is None:
+        try:
+            saved = gh.read_checkpoint(ckpt_path)["train_config"]
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(f"--resume: {e}")
+        base, source = gh.TrainConfig(**saved), f"checkpoint {ckpt_path.name}"
+    else:
+        try:
+            name = gh.preset_name(args.preset)
+        except ValueError as e:  # a bad $GPT_PRESET
+            parser.error(str(e))
+        base, source = gh.get_preset(name), f"preset {name!r}"
+    overrides = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    try:
+        return gh.TrainConfig(**(asdict(base) | overrides)), source
+    except ValueError as e:
+        parser.error(f"{e} (from the {source} and the flags given)")
+
+
+def pick_device(args, parser) -> str:
+    import torch
+
+    device = args.device or gh.get_device()
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        parser.error(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {device}: CUDA is not available here; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        parser.error(f"--device {device}: MPS is not available here; use --device cpu")
+    if kind not in ("cpu", "cuda", "mps"):
+        parser.error(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
+    return device
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    ckpt_path, log_path = out_dir / "ckpt.pt", out_dir / "metrics.jsonl"
+    # check everything before anything is written
+    if args.resume and not ckpt_path.is_file():
+        parser.error(f"--resume: there is no checkpoint {str(ckpt_path)!r}: train without --resume first")
+    if not args.resume:
+        for path in (ckpt_path, log_path):
+            if path.exists():
+                parser.error(f"{str(path)!r} already exists: add --resume to continue that run, "
+                             "or choose another --out-dir")
+    if out_dir.exists() and not out_dir.is_dir():
+        parser.error(f"--out-dir {str(out_dir)!r} is a file, not a folder")
+    cfg, source = make_config(args, parser, ckpt_path)
+    device = pick_device(args, parser)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = gh.GPT(cfg.model)
+    print(f"settings: {source}{' + flags' if any(getattr(args, f) is not None for f in FLAG_FIELDS) else ''}, "
+          f"device {device}, {'resuming' if args.resume else 'writing'} {out_dir}/")
+    print(f"model: {cfg.model} -> {model.num_parameters():,} parameters")
+    print("training: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k != "model"))
+    print(f"tokens per step: {cfg.tokens_per_step:,} (B {cfg.batch_size} x T {cfg.seq_len} x accum {cfg.grad_accum_steps})")
+
+    from tqdm.auto import tqdm
+
+    def report(rec):  # validation losses as lines that stay above the progress bar
+        if rec["val_loss"] is not None:
+            tqdm.write(f"step {rec['step']:>6}: train loss {rec['loss']:.4f}, val loss {rec['val_loss']:.4f}, "
+                       f"lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s")
+
+    try:
+        history = gh.train(model, cfg, device=device, out_dir=out_dir, resume=args.resume, progress=True,
+                           tensorboard=args.tensorboard, callback=report, stop_after=args.stop_after,
+                           compile=args.compile, amp=not args.no_amp, fused=False if args.no_fused else None,
+                           tf32=not args.no_tf32)
+    except (FileExistsError, FileNotFoundError, ImportError, ValueError) as e:
+        parser.error(str(e))
+    except FloatingPointError as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        return 1
+    if history:
+        last = history[-1]
+        print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"
+              + (f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
+              + f", {last['elapsed']:.0f} s in all")
+    else:
+        print(f"nothing to do: the run in {out_dir}/ had already reached max_steps {cfg.max_steps}")
+    print(f"saved {ckpt_path} and {log_path}")
+    if args.sample_tokens:
+        text = gh.generate_text(model, args.prompt, max_new_tokens=args.sample_tokens, top_k=50,
+                                seed=cfg.seed, device=device)[0]
+        (out_dir / "sample.txt").write_text(text + "\n")
+        print(f"--- sample ({args.sample_tokens} tokens, top-k 50), also in {out_dir / 'sample.txt'} ---")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
