@@ -286,79 +286,98 @@ def hf_loss(model, x, y):
     return model(input_ids=x, labels=y, shift_labels=y).loss
 
 
-def measure(model, loss_fn, settings: Settings, device, batch, steps: int = 10, warmup: int = 2,
-            train_config: TrainConfig | None = None, mem_baseline: float | None = None) -> dict:
-    """Train `model` for warmup + steps steps on `batch`; time the last `steps`.
+class Runner:
+    """One model training on one fixed batch, a step at a time, as train() in gpt_helpers
+    does it: zero_grad, forward with the loss (under autocast when settings.amp), backward,
+    clip the gradient norm, optimizer step; every step ends with a device synchronize.
 
-    Returns tokens_per_sec and step_ms (from the median step), peak_mem_mib (CUDA:
-    max_memory_allocated; CPU: the largest RSS seen during a step minus mem_baseline,
-    an approximation) and the first and last losses.
+    Peak memory is what the model needed beyond what was allocated before it was built:
+    on CUDA max_memory_allocated over a step minus that baseline; on CPU the largest RSS
+    seen right after forward and after backward minus the RSS before the build (approximate).
     """
-    device = torch.device(device)
-    cfg = train_config or TrainConfig()
-    x, y = batch
-    if device.type == "cuda":
-        set_tf32(settings.tf32)
-    amp_dtype = autocast_dtype(device) if settings.amp else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    optimizer = configure_optimizer(model, cfg, device.type, fused=settings.fused)
-    step_model = torch.compile(model) if settings.compile else model
-    if settings.compile:
-        warmup = max(warmup, 2)  # the first call compiles: never time it
-    track_rss = device.type == "cpu" and mem_baseline is not None
-    rss_peak = [0.0]
 
-    def probe():
-        if track_rss:
-            rss_peak[0] = max(rss_peak[0], _rss_mib() or 0.0)
+    def __init__(self, build, loss_fn, settings: Settings, device, batch, train_config: TrainConfig | None = None):
+        self.device = device = torch.device(device)
+        self.settings, self.loss_fn, self.batch = settings, loss_fn, batch
+        self.cfg = train_config or TrainConfig()  # AdamW betas, weight decay, lr, grad clip
+        _release_memory(device)
+        self.mem_base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mib()
+        self.model = build(settings, device)
+        if device.type == "cuda":
+            set_tf32(settings.tf32)
+        self.amp_dtype = autocast_dtype(device) if settings.amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.optimizer = configure_optimizer(self.model, self.cfg, device.type, fused=settings.fused)
+        self.step_model = torch.compile(self.model) if settings.compile else self.model
+        self.times, self.losses, self.mem_peak = [], [], None
+        self.track_memory = self.mem_base is not None
 
-    times, losses = [], []
-    for i in range(warmup + steps):
+    def _probe(self):
+        if self.track_memory and self.device.type == "cpu":
+            self.mem_peak = max(self.mem_peak or 0.0, (_rss_mib() or 0.0) - self.mem_base)
+
+    def step(self, timed: bool = True) -> float:
+        """One training step; its time in seconds is kept when timed."""
+        device, opt, scaler = self.device, self.optimizer, self.scaler
+        x, y = self.batch
+        if device.type == "cuda" and self.track_memory:
+            torch.cuda.reset_peak_memory_stats(device)
         _sync(device)
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            loss = loss_fn(step_model, x, y)
-        probe()  # activations are alive now
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+            loss = self.loss_fn(self.step_model, x, y)
+        self._probe()  # activations are alive now
         (scaler.scale(loss) if scaler else loss).backward()
-        probe()  # and the gradients
+        self._probe()  # and the gradients
         if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         if scaler:
-            scaler.step(optimizer)
+            scaler.step(opt)
             scaler.update()
         else:
-            optimizer.step()
+            opt.step()
         _sync(device)
         dt = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(dt)
-        if i == 0 or i == warmup + steps - 1:
-            losses.append(loss.item())
-    step = statistics.median(times)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-    elif track_rss:
-        peak = max(0.0, rss_peak[0] - mem_baseline)
-    else:
-        peak = None
-    return {"tokens_per_sec": x.numel() / step, "step_ms": step * 1e3, "peak_mem_mib": peak,
-            "first_loss": losses[0], "last_loss": losses[-1]}
+        if device.type == "cuda" and self.track_memory:
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 - self.mem_base
+            self.mem_peak = max(self.mem_peak or 0.0, peak)
+        if timed:
+            self.times.append(dt)
+        self.losses.append(loss.detach())
+        return dt
+
+    def warmup(self, steps: int):
+        # the first call of a compiled model compiles: never time it
+        for _ in range(max(steps, 2) if self.settings.compile else steps):
+            self.step(timed=False)
+
+    def result(self) -> dict:
+        """tokens_per_sec and step_ms from the median timed step, peak_mem_mib, first/last loss."""
+        step = statistics.median(self.times)
+        return {"tokens_per_sec": self.batch[0].numel() / step, "step_ms": step * 1e3,
+                "peak_mem_mib": self.mem_peak, "first_loss": self.losses[0].item(),
+                "last_loss": self.losses[-1].item()}
+
+    def close(self):
+        compiled = self.settings.compile
+        del self.model, self.step_model, self.optimizer
+        if compiled:
+            torch._dynamo.reset()
+        _release_memory(self.device)
 
 
 def run_one(build, loss_fn, settings: Settings, device, batch, steps: int, warmup: int) -> dict:
-    """Build a model with build(settings, device), measure it, free it."""
-    device = torch.device(device)
-    _release_memory(device)
-    baseline = _rss_mib() if device.type == "cpu" else None
-    model = build(settings, device)
+    """Build a model with build(settings, device), time it, free it."""
+    runner = Runner(build, loss_fn, settings, device, batch)
     try:
-        return measure(model, loss_fn, settings, device, batch, steps, warmup, mem_baseline=baseline)
+        runner.warmup(warmup)
+        for _ in range(steps):
+            runner.step()
+        return runner.result()
     finally:
-        del model
-        torch._dynamo.reset() if settings.compile else None
-        _release_memory(device)
+        runner.close()
 
 
 def run_ladder(model_config: GPTConfig, batch_size: int, seq_len: int, device, steps: int = 10,
@@ -412,26 +431,42 @@ def best_settings(rows: list[dict]) -> Settings:
 def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, device, settings: Settings,
                       steps: int = 10, warmup: int = 2, peak: float | None = None) -> dict:
     """Our GPT and HF's GPT2LMHeadModel, same settings, sizes, weights, batch and optimizer.
-    Returns {"ours": row, "hf": row, "ratio": ours tokens/s / HF tokens/s}."""
+
+    Both models live side by side and their timed steps alternate (ours, HF, ours, ...), so a
+    burst of load from elsewhere hits both alike. Peak memory is taken over each model's own
+    warm-up steps (ours before HF exists; HF's minus what was allocated before it was built).
+    Returns {"ours": row, "hf": row, "ratio": ours tokens/s / HF tokens/s, "settings": ...}.
+    """
     device = torch.device(device)
     batch = make_batch(batch_size, seq_len, device)
     vocab = padded_vocab(model_config.vocab_size) if settings.pad_vocab else model_config.vocab_size
     ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
-    out = {}
-    for who, build, loss_fn in (
+    contestants = (
         ("ours", lambda s, d: build_gpt(model_config, s, d), gpt_loss),
         ("hf", lambda s, d: build_hf(model_config, s, d), hf_loss),
-    ):
-        try:
-            r = run_one(build, loss_fn, settings, device, batch, steps, warmup)
-            r.update(status="ran", reason=None, mfu=mfu(r["tokens_per_sec"], ftok, peak))
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0][:120]
-            r = {"status": "failed", "reason": f"{type(e).__name__}: {first}"}
-        out[who] = r
-    ok = out["ours"]["status"] == out["hf"]["status"] == "ran"
-    out["ratio"] = out["ours"]["tokens_per_sec"] / out["hf"]["tokens_per_sec"] if ok else None
-    out["settings"] = settings.describe()
+    )
+    out, runners = {"settings": settings.describe(), "ratio": None}, {}
+    try:
+        for who, build, loss_fn in contestants:
+            try:
+                runners[who] = r = Runner(build, loss_fn, settings, device, batch)
+                r.warmup(max(warmup, 1))  # memory is measured here, so at least one step
+                r.track_memory = False
+            except Exception as e:
+                runners.pop(who, None)
+                first = (str(e).strip().splitlines() or [""])[0][:120]
+                out[who] = {"status": "failed", "reason": f"{type(e).__name__}: {first}"}
+        for _ in range(steps):
+            for r in runners.values():
+                r.step()
+        for who, r in runners.items():
+            out[who] = r.result() | {"status": "ran", "reason": None}
+            out[who]["mfu"] = mfu(out[who]["tokens_per_sec"], ftok, peak)
+    finally:
+        for r in runners.values():
+            r.close()
+    if "ours" in runners and "hf" in runners:
+        out["ratio"] = out["ours"]["tokens_per_sec"] / out["hf"]["tokens_per_sec"]
     return out
 
 
