@@ -244,10 +244,15 @@ def _release_memory(device: torch.device):
             pass
 
 
-def set_tf32(on: bool):
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
+def set_tf32(on: bool | tuple[bool, bool]):
+    """TF32 for matmuls and cuDNN convolutions: one flag for both, or a (matmul, cudnn) pair."""
+    matmul, cudnn = on if isinstance(on, tuple) else (on, on)
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
 
+
+def get_tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 def make_batch(batch_size: int, seq_len: int, device, vocab_size: int = GPT2_VOCAB_SIZE, seed: int = 1337):
     """A fixed (B, T) batch of random token ids and its targets (shifted by one).
@@ -272,7 +277,6 @@ def build_hf(model_config: GPTConfig, settings: Settings, device, seed: int = 13
     """HF's GPT2LMHeadModel with the same sizes and weights as build_gpt, dropout 0."""
     ours = build_gpt(model_config, replace(settings, sdpa=True), "cpu", seed)
     hf = to_hf(ours).train()
-    hf.loss_type = "ForCausalLM"  # what HF picks anyway, without its warning
     return hf.to(device)
 
 
@@ -281,9 +285,11 @@ def gpt_loss(model, x, y):
 
 
 def hf_loss(model, x, y):
-    # shift_labels=y: HF takes the targets as they are (ours are already shifted), so both
-    # models compute the same loss over the same B*T tokens
-    return model(input_ids=x, labels=y, shift_labels=y).loss
+    # use_cache=False: HF would otherwise fill a KV cache during training, work we do not do.
+    # The loss is what HF's labels= path computes (fp32 logits, F.cross_entropy), but on our
+    # already-shifted targets, so both models score the same B*T tokens, in any HF version.
+    logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
+    return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
 
 
 class Runner:
@@ -303,8 +309,6 @@ class Runner:
         _release_memory(device)
         self.mem_base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mib()
         self.model = build(settings, device)
-        if device.type == "cuda":
-            set_tf32(settings.tf32)
         self.amp_dtype = autocast_dtype(device) if settings.amp else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = configure_optimizer(self.model, self.cfg, device.type, fused=settings.fused)
@@ -322,6 +326,8 @@ class Runner:
         x, y = self.batch
         if device.type == "cuda" and self.track_memory:
             torch.cuda.reset_peak_memory_stats(device)
+        if device.type == "cuda":
+            set_tf32(self.settings.tf32)  # a global switch: set it for whichever model steps next
         _sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -380,45 +386,83 @@ def run_one(build, loss_fn, settings: Settings, device, batch, steps: int, warmu
         runner.close()
 
 
+def _failure(e: Exception) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:120]
+    return f"{type(e).__name__}: {first}"
+
+
 def run_ladder(model_config: GPTConfig, batch_size: int, seq_len: int, device, steps: int = 10,
                warmup: int = 2, compile_cpu: bool = False, peak: float | None = None,
-               keys=None, log=print) -> list[dict]:
-    """Measure every rung of RUNGS (or only those in `keys`, still cumulative) in this process.
+               interleave: bool | None = None, keys=None, log=print) -> list[dict]:
+    """Measure the rungs of RUNGS (or only those in `keys`, still cumulative) in this process.
 
+    interleave (default: off on CUDA, on elsewhere) keeps every rung's model alive and
+    alternates their timed steps, so load from other processes hits all rungs alike; on a
+    GPU, where nothing else runs, each rung is built, timed and freed in turn (less memory).
     Each row: key, name, status ('ran', 'skipped', 'failed'), reason, settings, and for rows
-    that ran tokens_per_sec, step_ms, peak_mem_mib, mfu, speedup (over the first row that ran).
+    that ran tokens_per_sec, step_ms, peak_mem_mib, mfu, speedup (over the first that ran).
     """
     device = torch.device(device)
+    interleave = device.type != "cuda" if interleave is None else interleave
     batch = make_batch(batch_size, seq_len, device)
     settings = Settings()
-    rows, base = [], None
-    for key, name, field_name in RUNGS:
-        if keys is not None and key not in keys:
-            continue
-        row = {"key": key, "name": name, "status": "ran", "reason": None}
-        reason = skip_reason(key, device, compile_cpu, model_config.vocab_size)
-        if reason:
-            row.update(status="skipped", reason=reason, settings=settings.describe())
+    rows, runners, tf32 = [], {}, get_tf32()
+    try:
+        for key, name, field_name in RUNGS:
+            if keys is not None and key not in keys:
+                continue
+            if key == "bf16" and device.type == "cuda" and autocast_dtype(device) == torch.float16:
+                name = "+ fp16 autocast, grad scaler"  # the GPU has no bf16 (T4, V100)
+            row = {"key": key, "name": name, "status": "ran", "reason": None, "settings": settings.describe()}
             rows.append(row)
-            log(f"  {name:<28} skipped: {reason}")
-            continue
-        trial = replace(settings, **{field_name: True}) if field_name else settings
-        try:
-            result = run_one(lambda s, d: build_gpt(model_config, s, d), gpt_loss, trial, device, batch, steps, warmup)
-        except Exception as e:  # a rung that breaks on this machine must not hide the others
-            first = (str(e).strip().splitlines() or [""])[0][:120]
-            row.update(status="failed", reason=f"{type(e).__name__}: {first}", settings=settings.describe())
-            rows.append(row)
-            log(f"  {name:<28} failed: {row['reason']}")
-            continue
-        settings = trial
-        vocab = padded_vocab(model_config.vocab_size) if settings.pad_vocab else model_config.vocab_size
-        ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
-        base = base or result["tokens_per_sec"]
-        row.update(result, settings=settings.describe(), mfu=mfu(result["tokens_per_sec"], ftok, peak),
-                   speedup=result["tokens_per_sec"] / base, _settings=settings)
-        rows.append(row)
-        log(f"  {name:<28} {result['tokens_per_sec']:>12,.0f} tokens/s")
+            reason = skip_reason(key, device, compile_cpu, model_config.vocab_size)
+            if reason:
+                row.update(status="skipped", reason=reason)
+                log(f"  {name:<28} skipped: {reason}")
+                continue
+            trial = replace(settings, **{field_name: True}) if field_name else settings
+            runner = None
+            try:
+                runner = Runner(lambda s, d: build_gpt(model_config, s, d), gpt_loss, trial, device, batch)
+                if interleave:  # memory is measured over the warm-up, while the others sit still
+                    runner.warmup(max(warmup, 1))
+                    runner.track_memory = False
+                    runners[key] = runner
+                else:
+                    runner.warmup(warmup)
+                    for _ in range(steps):
+                        runner.step()
+                    row.update(runner.result())
+                    runner.close()
+            except Exception as e:  # a rung that breaks here must not hide the others
+                if runner is not None:
+                    runners.pop(key, None)
+                    runner.close()
+                row.update(status="failed", reason=_failure(e))
+                log(f"  {name:<28} failed: {row['reason']}")
+                continue
+            settings = trial
+            row.update(settings=settings.describe(), _settings=settings)
+            log(f"  {name:<28} ready" if interleave else f"  {name:<28} {row['tokens_per_sec']:>12,.0f} tokens/s")
+        if interleave and runners:
+            log(f"  timing {len(runners)} rungs, their steps interleaved ...")
+            for _ in range(steps):
+                for r in runners.values():
+                    r.step()
+            for row in rows:
+                if row["key"] in runners:
+                    row.update(runners[row["key"]].result())
+    finally:
+        for r in runners.values():
+            r.close()
+        set_tf32(tf32)  # the rungs flip this global switch: put it back
+    base = None
+    for row in rows:
+        if row["status"] == "ran":
+            vocab = padded_vocab(model_config.vocab_size) if row["_settings"].pad_vocab else model_config.vocab_size
+            ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
+            base = base or row["tokens_per_sec"]
+            row.update(mfu=mfu(row["tokens_per_sec"], ftok, peak), speedup=row["tokens_per_sec"] / base)
     return rows
 
 
@@ -445,7 +489,7 @@ def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, de
         ("ours", lambda s, d: build_gpt(model_config, s, d), gpt_loss),
         ("hf", lambda s, d: build_hf(model_config, s, d), hf_loss),
     )
-    out, runners = {"settings": settings.describe(), "ratio": None}, {}
+    out, runners, tf32 = {"settings": settings.describe(), "ratio": None}, {}, get_tf32()
     try:
         for who, build, loss_fn in contestants:
             try:
@@ -453,9 +497,9 @@ def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, de
                 r.warmup(max(warmup, 1))  # memory is measured here, so at least one step
                 r.track_memory = False
             except Exception as e:
-                runners.pop(who, None)
-                first = (str(e).strip().splitlines() or [""])[0][:120]
-                out[who] = {"status": "failed", "reason": f"{type(e).__name__}: {first}"}
+                if runners.pop(who, None) is not None:
+                    r.close()
+                out[who] = {"status": "failed", "reason": _failure(e)}
         for _ in range(steps):
             for r in runners.values():
                 r.step()
@@ -465,6 +509,7 @@ def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, de
     finally:
         for r in runners.values():
             r.close()
+        set_tf32(tf32)
     if "ours" in runners and "hf" in runners:
         out["ratio"] = out["ours"]["tokens_per_sec"] / out["hf"]["tokens_per_sec"]
     return out
@@ -564,6 +609,9 @@ def parse_args(argv=None):
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: the fastest here)")
     p.add_argument("--compile-cpu", action="store_true", help="also run the torch.compile rung on CPU (slow to compile)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for MFU on a device not in the table")
+    p.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep all rungs' models alive and alternate their timed steps (default: on "
+                        "unless on CUDA; steadier on a busy CPU, needs memory for every model)")
     p.add_argument("--no-hf", action="store_true", help="skip the comparison with HF's GPT2LMHeadModel")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
@@ -606,11 +654,14 @@ def main(argv=None) -> dict:
     print(f"model: {c.n_layer} layers, {c.n_embd} wide, {c.n_head} heads, vocab {c.vocab_size:,}; "
           f"batch B={args.batch_size} T={args.seq_len} ({args.batch_size * args.seq_len:,} tokens/step); "
           f"torch {torch.__version__}")
-    print(f"timing: median of {args.steps} steps after {args.warmup} warm-up steps, synchronized; "
-          "on a shared machine the figures are noisy")
+    inter = args.interleave if args.interleave is not None else device.type != "cuda"
+    print(f"timing: median of {args.steps} steps after {args.warmup} warm-up steps, synchronized"
+          + ("; rungs' steps interleaved" if inter else "; one rung at a time")
+          + "; on a shared machine the figures are noisy")
     print(flops_line(c, args.seq_len))
     print("\nthe ladder (each rung keeps the ones above it):")
-    rows = run_ladder(c, args.batch_size, args.seq_len, device, args.steps, args.warmup, args.compile_cpu, peak)
+    rows = run_ladder(c, args.batch_size, args.seq_len, device, args.steps, args.warmup, args.compile_cpu, peak,
+                      interleave=args.interleave)
     comparison = None
     if not args.no_hf:
         settings = best_settings(rows)
