@@ -101,6 +101,8 @@ def make_config(args, parser, ckpt_path: Path):
             saved = gh.read_checkpoint(ckpt_path)["train_config"]
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--resume: {e}")
+        if saved is None:
+            parser.error(f"--resume: {str(ckpt_path)!r} holds no training settings: pass --preset and the flags it was trained with")
         base, source = gh.TrainConfig(**saved), f"checkpoint {ckpt_path.name}"
     else:
         try:
@@ -176,6 +178,11 @@ def main(argv=None) -> int:
     except FloatingPointError as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        saved = f"the last checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was saved yet"
+        print(f"\ninterrupted: {saved}; continue with: python train.py --out-dir {out_dir} --resume",
+              file=sys.stderr)
+        return 130
     if history:
         last = history[-1]
         print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"

@@ -130,3 +130,13 @@ def test_no_preset_flag_picks_the_machines_preset(monkeypatch):
 
     expected = "gpu" if torch.cuda.is_available() else "cpu"
     assert source == f"preset {expected!r}" and cfg == PRESETS[expected]
+
+
+def test_checkpoint_without_training_settings_exits_2(tmp_path, capsys, tiny_config):
+    from gpt_helpers import GPT, save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt.pt", GPT(tiny_config), step=0)  # no train_config
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--out-dir", str(tmp_path), "--resume"])
+    assert exit_info.value.code == 2
+    assert "holds no training settings: pass --preset" in capsys.readouterr().err
