@@ -5,6 +5,7 @@
 
 All three decode greedily from the same random-init weights (GPTConfig(), no
 download), so they must also produce the same tokens; the script checks that.
+The cached path and HF's run twice each, alternating, and keep their best time.
 Run it on a quiet machine: other processes on the same cores skew the figures.
 """
 
@@ -64,15 +65,19 @@ def main(argv=None):
     for warm in (lambda: ours(True, 4), lambda: ours(False, 4), lambda: theirs(4)):
         warm()  # first calls allocate and pick kernels: keep them out of the timings
 
+    # the two fast runs alternate, twice, and keep their best time: a burst of load elsewhere on the
+    # machine then hurts both alike; the slow no-cache run goes once, last
+    runs = [("ours, KV cache", lambda: ours(True)), ("HF generate (use_cache=True)", theirs)] * 2
+    runs.append(("ours, no cache", lambda: ours(False)))
     results = {}
-    for name, fn in (("ours, KV cache", lambda: ours(True)), ("ours, no cache", lambda: ours(False)),
-                     ("HF generate (use_cache=True)", theirs)):
+    for name, fn in runs:
         out, dt = timed(fn)
-        results[name] = (out, dt)
-        print(f"{name:30s} {n / dt:7.1f} tokens/s  ({dt:6.2f} s)", flush=True)
+        if name not in results or dt < results[name][1]:
+            results[name] = (out, dt)
+    for name, (_, dt) in results.items():
+        print(f"{name:30s} {n / dt:7.1f} tokens/s  ({dt:6.2f} s)")
 
-    cached, nocache, hf_out = (results[k][0] for k in results)
-    t_cache, t_nocache, t_hf = (results[k][1] for k in results)
+    (cached, t_cache), (hf_out, t_hf), (nocache, t_nocache) = results.values()
     print(f"\ncache speed-up over no cache: {t_nocache / t_cache:.2f}x (goal >= 3x)")
     print(f"ours (cache) vs HF generate:  {t_hf / t_cache:.2f}x (goal > 1x)")
     same = torch.equal(cached, nocache) and torch.equal(cached, hf_out)
