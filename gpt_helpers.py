@@ -200,7 +200,7 @@ class GPT(nn.Module):
                     f"targets must have the shape of idx {tuple(idx.shape)}, "
                     f"got {tuple(targets.shape)}"
                 )
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1).long())
         return logits, loss
 
     def features(self, idx, kv_cache: KVCache | None = None):
@@ -658,7 +658,10 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     device = torch.device(device)
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # bf16 tensor cores start with Ampere (compute capability 8); torch.cuda.is_bf16_supported()
+    # also says yes on a T4 or V100, where bf16 is only emulated and slow
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 def _autocast(device, dtype):
@@ -825,7 +828,8 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
     exactly from out_dir/ckpt.pt. callback(record) is called after every step.
     Data: input.txt unless train_loader is given; val_loader defaults to the held-out
     tail of the train loader's file (none when cfg.val_fraction is 0).
-    stop_after=k ends the run after step k with a checkpoint, as an interruption would.
+    stop_after=k ends the run after step k with a checkpoint. An interruption (Ctrl-C) saves the
+    last finished step, so resume=True continues as if the run had never stopped.
     The fast path is on where it is safe; each switch turns one part off: compile
     (torch.compile; default on CUDA only), amp (bf16/fp16 autocast on CUDA), fused
     (fused AdamW kernel; default on CUDA), tf32 (TF32 matmuls on CUDA).
@@ -845,6 +849,7 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=getattr(train_loader, "path", None),
                                     split="val", val_fraction=cfg.val_fraction)
     model.to(device)
+    tf32_before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # restored at the end
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = tf32  # TF32 tensor cores for fp32 matmuls
         torch.backends.cudnn.allow_tf32 = tf32
@@ -865,10 +870,14 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         state = load_checkpoint(ckpt_path, model, optimizer, loaders, scaler, train_config=cfg)
         start_step = state["step"] + 1
     else:
-        for path in (ckpt_path, log_path):  # never overwrite or mix into an earlier run's files
-            if path is not None and path.exists():
-                raise FileExistsError(f"{str(path)!r} already exists: pass resume=True to continue "
-                                      "that run, or use another out_dir")
+        if ckpt_path is not None and ckpt_path.exists():  # never overwrite an earlier run
+            raise FileExistsError(f"{str(ckpt_path)!r} already exists: pass resume=True to continue "
+                                  "that run, or use another out_dir")
+        if log_path is not None and log_path.exists():  # a run that stopped before its first checkpoint
+            kept = log_path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            log_path.rename(kept)
+            print(f"{log_path.name} had no checkpoint beside it (a run stopped before its first save): "
+                  f"kept it as {kept.name} and starting afresh")
         torch.manual_seed(cfg.seed)
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -879,8 +888,10 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         if resume:
             log_file.write("\n" * cut + json.dumps({"event": "resume", "from_step": start_step}) + "\n")
     writer = SummaryWriter(out_dir / "tensorboard") if tensorboard else None
-    if compile is None:
-        compile = device.type == "cuda"
+    if compile is None:  # Inductor needs Triton on CUDA (absent on Windows and some installs)
+        import importlib.util
+
+        compile = device.type == "cuda" and importlib.util.find_spec("triton") is not None
     step_model = torch.compile(model) if compile else model  # same parameters, compiled forward
 
     history = []
@@ -890,23 +901,26 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", dynamic_ncols=True)
     t_start = time.time() - (state["extra"].get("elapsed", 0.0) if resume else 0.0)  # elapsed goes on
     tokens_per_step = train_loader.B * train_loader.T * cfg.grad_accum_steps
-    step = start_step - 1
+    step = done = start_step - 1  # done: the last step whose update is in the weights
+    starts = {k: v.state_dict() for k, v in loaders.items()}
     try:
         for step in range(start_step, cfg.max_steps):
             t0 = time.time()
+            starts = {k: v.state_dict() for k, v in loaders.items()}  # where this step's data begins
             lr = get_lr(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss_accum = 0.0
+            loss_sum = torch.zeros((), device=device)
             for _ in range(cfg.grad_accum_steps):
                 x, y = train_loader.next_batch()
                 x, y = x.to(device), y.to(device)
                 with _autocast(device, amp_dtype):
                     _, loss = step_model(x, y)
                 loss = loss / cfg.grad_accum_steps  # the sum of the parts is the mean of the whole
-                loss_accum += loss.item()
+                loss_sum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
                 (scaler.scale(loss) if scaler else loss).backward()
+            loss_accum = loss_sum.item()
             if not math.isfinite(loss_accum):  # stop before a diverged model overwrites the checkpoint
                 raise FloatingPointError(f"the loss is {loss_accum} at step {step}: training diverged; "
                                          "lower max_lr or raise warmup_steps (the last checkpoint is intact)")
@@ -915,11 +929,13 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             if scaler:
                 scaler.step(optimizer)
+                done = step
                 scaler.update()
             else:
                 optimizer.step()
+                done = step
             if device.type == "cuda":
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(device)
             dt = time.time() - t0
             rec = {"step": step, "loss": loss_accum, "val_loss": None, "lr": lr, "grad_norm": norm,
                    "tokens_per_sec": tokens_per_step / dt, "elapsed": time.time() - t_start}
@@ -948,7 +964,17 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
                 break
             if step == stop_after:
                 break
+    except KeyboardInterrupt:  # Ctrl-C, or a notebook's stop button: keep what the run has done
+        if ckpt_path is not None and done >= 0:
+            if done < step:  # stopped mid-step: its batches will be read again on resume
+                for name, loader in loaders.items():
+                    loader.load_state_dict(starts[name])
+            save_checkpoint(ckpt_path, model, optimizer, done, cfg, loaders, scaler,
+                            extra={"elapsed": time.time() - t_start})
+            print(f"interrupted: step {done} is saved in {ckpt_path.name}; resume=True continues from there")
+        raise
     finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
         if bar:
             bar.close()
         if log_file:
@@ -1008,7 +1034,7 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
 
 def generate_text(model: GPT, prompt: str, max_new_tokens: int = 50, num_samples: int = 1,
                   temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = None,
-                  use_cache: bool = True, seed: int | None = None, device=None) -> list[str]:
+                  use_cache: bool = True, seed: int | None = None) -> list[str]:
     """Prompt string in, num_samples continuations (prompt included) out, through tiktoken."""
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
@@ -1016,7 +1042,7 @@ def generate_text(model: GPT, prompt: str, max_new_tokens: int = 50, num_samples
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     enc = get_tokenizer()
     model = unwrap(model)
-    device = device or next(model.parameters()).device
+    device = next(model.parameters()).device  # the prompt and the generator live with the model
     ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})  # a prompt may start a new document
     idx = torch.tensor(ids, dtype=torch.long, device=device).repeat(num_samples, 1)  # (num_samples, T)
     generator = None

@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     print(f"saved {ckpt_path} and {log_path}")
     if args.sample_tokens:
         text = gh.generate_text(model, args.prompt, max_new_tokens=args.sample_tokens, top_k=50,
-                                seed=cfg.seed, device=device)[0]
+                                seed=cfg.seed)[0]
         (out_dir / "sample.txt").write_text(text + "\n")
         print(f"--- sample ({args.sample_tokens} tokens, top-k 50), also in {out_dir / 'sample.txt'} ---")
         print(text)

@@ -302,6 +302,7 @@ def test_resume_with_other_settings_is_refused(text_file, tmp_path):
     before = (tmp_path / "ckpt.pt").read_bytes(), (tmp_path / "metrics.jsonl").read_bytes()
     with pytest.raises(ValueError, match="different TrainConfig.*max_lr"):
         run(tiny_run(max_lr=3e-3), text_file, out_dir=tmp_path, resume=True)
+    assert before == ((tmp_path / "ckpt.pt").read_bytes(), (tmp_path / "metrics.jsonl").read_bytes())
     run(tiny_run(eval_interval=2), text_file, out_dir=tmp_path, resume=True, stop_after=2)  # allowed to change
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run(cfg, text_file, out_dir=tmp_path / "empty", resume=True)
@@ -314,9 +315,55 @@ def test_an_earlier_run_is_never_overwritten(text_file, tmp_path):
     files = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     with pytest.raises(FileExistsError, match="ckpt.pt' already exists: pass resume=True"):
         run(cfg, text_file, out_dir=tmp_path / "run")
-    (tmp_path / "log_only").mkdir()
-    (tmp_path / "log_only" / "metrics.jsonl").write_text('{"step": 0, "loss": 9.0}\n')
-    with pytest.raises(FileExistsError, match="metrics.jsonl' already exists"):
-        run(cfg, text_file, out_dir=tmp_path / "log_only")
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == files
-    assert (tmp_path / "log_only" / "metrics.jsonl").read_text() == '{"step": 0, "loss": 9.0}\n'
+
+
+def test_a_log_without_a_checkpoint_is_kept_and_the_run_starts_afresh(text_file, tmp_path, capsys):
+    # a run that stopped before its first checkpoint must not lock its folder, nor lose its log
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 9.0}\n')
+    _, history = run(tiny_run(max_steps=2), text_file, out_dir=tmp_path)
+    kept = list(tmp_path.glob("metrics.before-*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"step": 0, "loss": 9.0}\n'
+    assert "kept it as metrics.before-" in capsys.readouterr().out
+    assert [r["loss"] for r in read_log(tmp_path / "metrics.jsonl")] == [r["loss"] for r in history]
+
+
+class InterruptingLoader(DataLoaderLite):
+    """Raises KeyboardInterrupt on its n-th batch, as Ctrl-C in the middle of a step would."""
+
+    def __init__(self, *args, interrupt_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls, self.interrupt_at = 0, interrupt_at
+
+    def next_batch(self):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return super().next_batch()
+
+
+@pytest.mark.parametrize("interrupt_at", [6, 7])  # 2 micro-batches a step: 6 is step 2's second, 7 is step 3's first
+def test_an_interrupted_run_saves_its_last_finished_step_and_resumes_exactly(text_file, tmp_path, interrupt_at):
+    cfg = tiny_run()
+    _, whole = run(cfg, text_file, out_dir=tmp_path / "a")
+    set_seed(0)
+    loader = InterruptingLoader(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction,
+                                interrupt_at=interrupt_at)
+    with pytest.raises(KeyboardInterrupt):
+        train(GPT(cfg.model), cfg, train_loader=loader, out_dir=tmp_path / "b", progress=False)
+    finished = (interrupt_at - 1) // cfg.grad_accum_steps - 1  # the last step whose update went through
+    assert read_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == finished
+    _, rest = run(cfg, text_file, seed=123, out_dir=tmp_path / "b", resume=True)
+    assert [r["step"] for r in rest] == list(range(finished + 1, cfg.max_steps))
+    assert [r["loss"] for r in rest] == [r["loss"] for r in whole[finished + 1:]]  # bitwise on CPU
+
+
+def test_autocast_dtype_follows_the_gpu_generation(monkeypatch):
+    # bf16 needs Ampere (compute capability 8) or newer; a T4 (7.5) gets fp16 and train() a grad scaler
+    from gpt_helpers import autocast_dtype
+
+    assert autocast_dtype("cpu") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert autocast_dtype("cuda") == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert autocast_dtype("cuda") == torch.bfloat16
