@@ -669,6 +669,20 @@ def _autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+def clip_and_step(model, optimizer, grad_clip: float, scaler=None) -> torch.Tensor:
+    """Clip the global gradient norm, then update the weights (through the fp16 grad scaler
+    when there is one). Returns the norm before clipping."""
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(optimizer)  # skips the update when the gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    return norm
+
+
 @torch.no_grad()
 def estimate_loss(model, loader: DataLoaderLite, iters: int, device, amp_dtype=None) -> float:
     """Mean loss over the first `iters` batches of a loader (reset first: same batches every time)."""
@@ -924,16 +938,8 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
             if not math.isfinite(loss_accum):  # stop before a diverged model overwrites the checkpoint
                 raise FloatingPointError(f"the loss is {loss_accum} at step {step}: training diverged; "
                                          "lower max_lr or raise warmup_steps (the last checkpoint is intact)")
-            if scaler:
-                scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            if scaler:
-                scaler.step(optimizer)
-                done = step
-                scaler.update()
-            else:
-                optimizer.step()
-                done = step
+            norm = clip_and_step(model, optimizer, cfg.grad_clip, scaler).item()
+            done = step
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             dt = time.time() - t0

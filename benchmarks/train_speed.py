@@ -62,6 +62,7 @@ from gpt_helpers import (  # noqa: E402
     GPTConfig,
     TrainConfig,
     autocast_dtype,
+    clip_and_step,
     configure_optimizer,
     get_device,
     get_preset,
@@ -336,14 +337,7 @@ class Runner:
         self._probe()  # activations are alive now
         (scaler.scale(loss) if scaler else loss).backward()
         self._probe()  # and the gradients
-        if scaler:
-            scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+        clip_and_step(self.model, opt, self.cfg.grad_clip, scaler)
         _sync(device)
         dt = time.perf_counter() - t0
         if device.type == "cuda" and self.track_memory:
