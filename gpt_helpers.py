@@ -714,8 +714,9 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict):
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
 
 
 def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: TrainConfig | None = None,
@@ -1015,6 +1016,9 @@ def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
     _check_sampling_args(temperature, top_k, top_p)
 
 
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily: dividing by them overflows the logits
+
+
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """One token per row from logits (B, V): greedy at temperature 0, else sampled
     from the softmax, restricted to the top_k tokens and/or the top_p nucleus."""
@@ -1022,7 +1026,7 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator
     if not torch.is_tensor(logits) or logits.dim() != 2:
         shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
         raise ValueError(f"logits must be a (B, V) tensor, got {shape}: for one row pass logits[None]")
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:  # the limit of sampling as the temperature falls to 0
         return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
     logits = logits / temperature
     if top_k is not None:

@@ -125,6 +125,12 @@ def test_sampling_follows_the_softmax_at_the_given_temperature():
     assert torch.allclose(counts, torch.softmax(LOGITS.double() / t, -1), atol=0.035)
 
 
+def test_a_vanishing_temperature_samples_greedily_instead_of_overflowing():
+    logits = torch.tensor([[3.0, 1.0, 2.0, -1.0]])
+    for t in (1e-6, 1e-40):  # logits / 1e-40 would be inf, and the softmax NaN
+        assert sample_next_token(logits, temperature=t).item() == 0
+
+
 def test_temperature_zero_is_argmax_even_with_filters():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(3))
     out = sample_next_token(logits, temperature=0.0, top_k=5, top_p=0.5)
