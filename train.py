@@ -7,8 +7,8 @@
 
 Writes out_dir/ckpt.pt (model, optimizer, data positions, RNG: an exact resume),
 out_dir/metrics.jsonl (one JSON line per step) and out_dir/sample.txt (generated text).
-An existing checkpoint or log is never overwritten: continue it with --resume or pick
-another --out-dir. Bad flags exit with status 2 and a message; nothing is written then.
+An existing checkpoint is never overwritten: continue it with --resume or pick another
+--out-dir. A log left by a run that stopped before its first checkpoint is kept, renamed. Bad flags exit with status 2 and a message; nothing is written then.
 """
 
 from __future__ import annotations
@@ -130,11 +130,9 @@ def main(argv=None) -> int:
     # check everything before anything is written
     if args.resume and not ckpt_path.is_file():
         parser.error(f"--resume: there is no checkpoint {str(ckpt_path)!r}: train without --resume first")
-    if not args.resume:
-        for path in (ckpt_path, log_path):
-            if path.exists():
-                parser.error(f"{str(path)!r} already exists: add --resume to continue that run, "
-                             "or choose another --out-dir")
+    if not args.resume and ckpt_path.exists():  # a log with no checkpoint is set aside by train()
+        parser.error(f"{str(ckpt_path)!r} already exists: add --resume to continue that run, "
+                     "or choose another --out-dir")
     if out_dir.exists() and not out_dir.is_dir():
         parser.error(f"--out-dir {str(out_dir)!r} is a file, not a folder")
     cfg, source = make_config(args, parser, ckpt_path)

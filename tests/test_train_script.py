@@ -66,6 +66,15 @@ def test_existing_run_without_resume_exits_2_untouched(finished_run):
     assert snapshot(out) == before
 
 
+def test_a_log_left_without_a_checkpoint_does_not_lock_the_folder(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 9.0}\n')  # a run stopped before its first save
+    proc = train_py("--preset", "smoke", "--out-dir", tmp_path, "--sample-tokens", 0)
+    assert proc.returncode == 0, proc.stderr
+    kept = list(tmp_path.glob("metrics.before-*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == '{"step": 0, "loss": 9.0}\n'
+    assert read_checkpoint(tmp_path / "ckpt.pt")["step"] == SMOKE.max_steps - 1
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--max-steps", "-5"], "argument --max-steps: must be a positive integer, got '-5'"),
     (["--seq-len", str(SMOKE.model.block_size + 1)], "seq_len (65) is longer than the model's block_size (64)"),
