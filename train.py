@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA instead of bf16/fp16 autocast")
     p.add_argument("--no-fused", action="store_true", help="use the plain AdamW instead of the fused CUDA kernel")
     p.add_argument("--no-tf32", action="store_true", help="keep fp32 matmuls exact on CUDA (no TF32 tensor cores)")
+    p.add_argument("--no-fused-loss", action="store_true",
+                   help="compute the loss from the whole logits (default unless compiling: the fused "
+                        "head + loss, which never holds them all)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to out_dir/tensorboard (needs: pip install tensorboard)")
     p.add_argument("--seed", type=int, help="seed for the weights and the sample (default: the preset's, 1337)")
@@ -158,7 +161,7 @@ def main(argv=None) -> int:
         history = gh.train(model, cfg, device=device, out_dir=out_dir, resume=args.resume, progress=True,
                            tensorboard=args.tensorboard, callback=report, stop_after=args.stop_after,
                            compile=args.compile, amp=not args.no_amp, fused=False if args.no_fused else None,
-                           tf32=not args.no_tf32)
+                           tf32=not args.no_tf32, fused_loss=False if args.no_fused_loss else None)
     except (FileExistsError, FileNotFoundError, ImportError, ValueError) as e:
         parser.error(str(e))
     except FloatingPointError as e:

@@ -11,9 +11,13 @@ It prints two tables, every row measured in the same process on the same batch:
    fp32 with the original explicit masked-softmax attention -> TF32 matmuls ->
    bf16 autocast -> F.scaled_dot_product_attention (flash attention) ->
    torch.compile -> vocabulary padded to a multiple of 128 (50,257 -> 50,304) ->
-   fused AdamW. Rungs that do not apply to the device are skipped, with the reason.
+   fused AdamW -> fused head + loss (gpt_helpers.fused_head_loss: the logits are
+   never whole in memory). Rungs that do not apply to the device are skipped, with
+   the reason.
 2. Our GPT with the best settings against HF's GPT2LMHeadModel with the same sizes,
-   weights, batch, optimizer and settings, and the ratio of their tokens/s.
+   weights, batch, optimizer and settings, and the ratio of their tokens/s. HF computes
+   its loss from the whole logits, as GPT2LMHeadModel(labels=...) does: the fused head
+   is part of our model, not a setting HF has.
 
 Timing: the first --warmup steps are not timed (allocator, kernel selection and
 compilation happen there); every timed step ends with a device synchronize; a row
@@ -179,6 +183,7 @@ class Settings:
     compile: bool = False  # torch.compile the model
     pad_vocab: bool = False  # vocab_size rounded up to a multiple of 128
     fused: bool = False  # AdamW's fused kernel (one launch for all parameters)
+    fused_loss: bool = False  # lm_head + cross-entropy + backward chunk by chunk (our GPT only)
 
     def describe(self) -> str:
         on = [k for k, v in asdict(self).items() if v]
@@ -194,23 +199,45 @@ RUNGS = (
     ("compile", "+ torch.compile", "compile"),
     ("vocab", "+ vocab padded to x128", "pad_vocab"),
     ("fused", "+ fused AdamW", "fused"),
+    ("fusedloss", "+ fused head + loss", "fused_loss"),
 )
 
 
-def skip_reason(key: str, device: torch.device, compile_cpu: bool = False, vocab_size: int = GPT2_VOCAB_SIZE) -> str | None:
-    """Why a rung does not apply to this device, or None when it runs."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this x86 CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): there bf16
+    matmuls do twice the work per instruction of fp32; elsewhere bf16 is emulated and slower."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    try:
+        return any(check() for check in checks if check is not None)
+    except RuntimeError:
+        return False
+
+
+def bench_amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the bf16 rung: train()'s choice on a GPU, bf16 on a CPU."""
+    return autocast_dtype(device) if device.type == "cuda" else torch.bfloat16
+
+
+def skip_reason(key: str, device: torch.device, compile_cpu: bool = False, vocab_size: int = GPT2_VOCAB_SIZE,
+                settings: Settings | None = None, native_bf16: bool | None = None) -> str | None:
+    """Why a rung does not apply to this device (on top of `settings`), or None when it runs."""
     cuda = device.type == "cuda"
     if key == "tf32":
         if not cuda:
             return "TF32 is an NVIDIA tensor-core format (Ampere and newer)"
         if torch.cuda.get_device_capability(device)[0] < 8:
             return "this GPU predates TF32 (needs compute capability 8.0+)"
-    if key == "bf16" and not cuda:
-        return "autocast pays off on GPU tensor cores; on most CPUs bf16 is slower"
+    if key == "bf16" and device.type == "cpu":
+        if not (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+            return "no AVX512-BF16 or AMX found (checked on x86 only): emulated bf16 is slower than fp32"
+    elif key == "bf16" and not cuda:
+        return "bf16 autocast is measured on CUDA and on CPUs with native bf16 only"
     if key == "compile" and not cuda and not compile_cpu:
         return "compiling on CPU takes minutes; pass --compile-cpu to include it"
     if key == "vocab" and padded_vocab(vocab_size) == vocab_size:
         return f"vocab {vocab_size:,} is already a multiple of 128"
+    if key == "fusedloss" and settings is not None and settings.compile:
+        return "compiled, train() keeps the plain loss (Inductor fuses its softmax; the fused head is eager)"
     return None
 
 
@@ -281,11 +308,12 @@ def build_hf(model_config: GPTConfig, settings: Settings, device, seed: int = 13
     return hf.to(device)
 
 
-def gpt_loss(model, x, y):
-    return model(x, y)[1]
+def gpt_loss(model, x, y, settings: Settings | None = None):
+    fused = settings is not None and settings.fused_loss
+    return model(x, y, return_logits=not fused)[1]
 
 
-def hf_loss(model, x, y):
+def hf_loss(model, x, y, settings: Settings | None = None):
     # use_cache=False: HF would otherwise fill a KV cache during training, work we do not do.
     # The loss is what HF's labels= path computes (fp32 logits, F.cross_entropy), but on our
     # already-shifted targets, so both models score the same B*T tokens, in any HF version.
@@ -310,7 +338,7 @@ class Runner:
         _release_memory(device)
         self.mem_base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_mib()
         self.model = build(settings, device)
-        self.amp_dtype = autocast_dtype(device) if settings.amp else None
+        self.amp_dtype = bench_amp_dtype(device) if settings.amp else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.optimizer = configure_optimizer(self.model, self.cfg, device.type, fused=settings.fused)
         self.step_model = torch.compile(self.model) if settings.compile else self.model
@@ -333,7 +361,7 @@ class Runner:
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
-            loss = self.loss_fn(self.step_model, x, y)
+            loss = self.loss_fn(self.step_model, x, y, self.settings)
         self._probe()  # activations are alive now
         (scaler.scale(loss) if scaler else loss).backward()
         self._probe()  # and the gradients
@@ -409,7 +437,7 @@ def run_ladder(model_config: GPTConfig, batch_size: int, seq_len: int, device, s
                 name = "+ fp16 autocast, grad scaler"  # the GPU has no bf16 (T4, V100)
             row = {"key": key, "name": name, "status": "ran", "reason": None, "settings": settings.describe()}
             rows.append(row)
-            reason = skip_reason(key, device, compile_cpu, model_config.vocab_size)
+            reason = skip_reason(key, device, compile_cpu, model_config.vocab_size, settings)
             if reason:
                 row.update(status="skipped", reason=reason)
                 log(f"  {name:<28} skipped: {reason}")
@@ -484,6 +512,8 @@ def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, de
         ("hf", lambda s, d: build_hf(model_config, s, d), hf_loss),
     )
     out, runners, tf32 = {"settings": settings.describe(), "ratio": None}, {}, get_tf32()
+    if settings.fused_loss:
+        out["note"] = "HF's loss is from the whole logits, as GPT2LMHeadModel(labels=...) computes it"
     try:
         for who, build, loss_fn in contestants:
             try:
@@ -550,6 +580,8 @@ def format_table(rows: list[dict], comparison: dict | None = None) -> str:
                 continue
             lines.append(f"{name:<30}{r['tokens_per_sec']:>12,.0f}{r['step_ms']:>10.1f}"
                          f"{_fmt_mem(r['peak_mem_mib']):>13}{_fmt_mfu(r['mfu']):>8}")
+        if comparison.get("note"):
+            lines.append(f"({comparison['note']})")
         if comparison["ratio"] is not None:
             lines.append(f"ours / HF tokens/s: {comparison['ratio']:.2f}x")
     return "\n".join(lines)

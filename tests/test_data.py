@@ -246,3 +246,21 @@ def test_encoding_is_cached_until_the_file_changes(tmp_path):
     third = load_tokens(path)
     assert len(third) == 45
     assert len(DataLoaderLite(1, 4, path, val_fraction=0.0).tokens) == 45
+
+
+def test_missing_bpe_files_offline_say_what_to_do(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(FileNotFoundError, match=r"BPE files.*Failed to resolve.*TIKTOKEN_CACHE_DIR"):
+        get_tokenizer.__wrapped__()  # past the cache of the encoding loaded earlier
+
+    def corrupted(name):  # not a download problem: tiktoken's own message is the useful one
+        raise ValueError("Hash mismatch for data downloaded from https://openaipublic...")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", corrupted)
+    with pytest.raises(ValueError, match="Hash mismatch"):
+        get_tokenizer.__wrapped__()

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gpt_helpers import GPT, CausalSelfAttention, GPTConfig
+import gpt_helpers
+from gpt_helpers import GPT, IGNORE_INDEX, CausalSelfAttention, GPTConfig, fused_head_loss
 
 # ----------------------------------------------------------------------------- config
 
@@ -188,6 +189,108 @@ def test_gradients_reach_every_parameter(tiny_config):
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+# ----------------------------------------------------------------------------- the fused head + loss
+
+
+def _loss_and_grads(model, idx, targets, return_logits):
+    model.zero_grad()
+    logits, loss = model(idx, targets, return_logits=return_logits)
+    loss.backward()
+    return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+# 1e-9 MiB: one row per chunk; 0.003 MiB: 8 rows of V=97, which does not divide B*T=30
+@pytest.mark.parametrize("chunk_mb", [1e-9, 0.003, 64.0])
+def test_fused_head_loss_equals_the_plain_loss_and_its_gradients(tiny_config, chunk_mb, monkeypatch):
+    monkeypatch.setattr(gpt_helpers, "FUSED_LOSS_CHUNK_MB", chunk_mb)  # the chunking GPT.forward uses
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (3, 10))
+    targets = torch.randint(0, tiny_config.vocab_size, (3, 10))
+    _, loss, grads = _loss_and_grads(model, idx, targets, return_logits=True)
+    logits, fused, fused_grads = _loss_and_grads(model, idx, targets, return_logits=False)
+    assert logits is None  # never built whole
+    torch.testing.assert_close(fused, loss, atol=1e-5, rtol=0)
+    for name, g in grads.items():  # the tied wte/lm_head gets both of its gradients
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_fused_head_loss_skips_ignored_targets_as_cross_entropy_does(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    targets = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    targets[0, :5] = IGNORE_INDEX  # e.g. a prompt that should not be learned
+    _, loss, grads = _loss_and_grads(model, idx, targets, return_logits=True)
+    _, fused, fused_grads = _loss_and_grads(model, idx, targets, return_logits=False)
+    torch.testing.assert_close(fused, loss, atol=1e-5, rtol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_fused_head_loss_without_gradients_and_under_bf16_autocast(tiny_config, monkeypatch):
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    scatters = []  # the fused loss calls scatter_add_ only to build gradients
+    scatter_add_ = torch.Tensor.scatter_add_
+    monkeypatch.setattr(torch.Tensor, "scatter_add_", lambda *a: scatters.append(1) or scatter_add_(*a))
+    with torch.no_grad():  # evaluation: the loss only, no gradients computed
+        torch.testing.assert_close(model(idx, idx, return_logits=False)[1], model(idx, idx)[1], atol=1e-5, rtol=0)
+    assert not scatters
+    model(idx, idx, return_logits=False)[1].backward()
+    assert scatters
+    monkeypatch.undo()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 matmuls, fp32 softmax, as autocast runs the plain path
+        _, loss, grads = _loss_and_grads(model, idx, idx, return_logits=True)
+        _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, loss, atol=2e-2, rtol=0)
+    for name, g in grads.items():
+        assert fused_grads[name].dtype == torch.float32
+        torch.testing.assert_close(fused_grads[name], g, atol=2e-2 * g.abs().max().item(), rtol=0, msg=name)
+
+
+def test_fused_head_loss_when_every_target_is_ignored(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    targets = torch.full_like(idx, IGNORE_INDEX)
+    _, loss, grads = _loss_and_grads(model, idx, targets, return_logits=True)
+    _, fused, fused_grads = _loss_and_grads(model, idx, targets, return_logits=False)
+    assert loss.isnan() and fused.isnan()  # 0 / 0, as F.cross_entropy says
+    for name, g in grads.items():  # nothing to learn: zero gradients, not nan
+        torch.testing.assert_close(fused_grads[name], g, atol=0, rtol=0, msg=name)
+
+
+def test_fused_head_loss_in_float64_matches_to_float64_rounding(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config).double()
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    logits = model(idx)[0]  # (B, T, V) float64 (forward's plain loss would round it to float32)
+    loss = F.cross_entropy(logits.view(-1, tiny_config.vocab_size), idx.view(-1))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+    assert fused.dtype == torch.float64
+    torch.testing.assert_close(fused, loss, atol=1e-12, rtol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(fused_grads[name], g, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_fused_head_loss_rejects_bad_arguments(tiny_config):
+    h, w = torch.randn(2, 8, tiny_config.n_embd), torch.randn(tiny_config.vocab_size, tiny_config.n_embd)
+    with pytest.raises(ValueError, match=r"targets must have the shape of h without its last dim \(2, 8\)"):
+        fused_head_loss(h, w, torch.zeros(2, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk_mb must be positive"):
+        fused_head_loss(h, w, torch.zeros(2, 8, dtype=torch.long), chunk_mb=0)
+    for bad in (tiny_config.vocab_size, -1):  # past the vocabulary, or negative but not IGNORE_INDEX
+        targets = torch.zeros(2, 8, dtype=torch.long)
+        targets[1, 3] = bad
+        with pytest.raises(ValueError, match=rf"targets must be token ids in \[0, {tiny_config.vocab_size}\).*got {bad}"):
+            fused_head_loss(h, w, targets)
 
 
 # ----------------------------------------------------------------------------- weights

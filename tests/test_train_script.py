@@ -127,7 +127,7 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--preset", "--batch-size", "--seq-len", "--lr", "--max-steps", "--grad-accum", "--target-loss",
                  "--out-dir", "--resume", "--device", "--compile", "--no-compile", "--no-amp", "--no-fused",
-                 "--no-tf32", "--tensorboard", "--seed", "--sample-tokens"):
+                 "--no-tf32", "--no-fused-loss", "--tensorboard", "--seed", "--sample-tokens"):
         assert flag in text, flag
 
 

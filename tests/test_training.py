@@ -9,6 +9,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+import gpt_helpers
 from gpt_helpers import (
     PRESETS,
     GPT,
@@ -158,6 +159,40 @@ def test_train_step_with_accumulation_matches_one_big_batch(text_file):
     _, big = run(tiny_run(batch_size=8, grad_accum_steps=1, max_steps=1, val_fraction=0.0), text_file)
     assert small[0]["loss"] == pytest.approx(big[0]["loss"], rel=1e-6)
     assert small[0]["grad_norm"] == pytest.approx(big[0]["grad_norm"], rel=1e-5)
+
+
+def test_the_fused_loss_trains_as_the_plain_loss(text_file, monkeypatch):
+    # on the CPU train() uses the fused head + loss by default: same run, up to float rounding
+    calls = []
+    fused_head_loss = gpt_helpers.fused_head_loss
+    monkeypatch.setattr(gpt_helpers, "fused_head_loss", lambda *a, **k: calls.append(1) or fused_head_loss(*a, **k))
+    _, fused = run(tiny_run(), text_file)
+    n_fused = len(calls)
+    _, plain = run(tiny_run(), text_file, fused_loss=False)
+    assert n_fused > 0 and len(calls) == n_fused  # the default used it, fused_loss=False did not
+    for a, b in zip(fused, plain):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
+        assert (a["val_loss"] is None) == (b["val_loss"] is None)
+        if a["val_loss"] is not None:
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_train_runs_a_model_whose_forward_has_no_return_logits(text_file):
+    class Wrapped(torch.nn.Module):  # e.g. a student's own module around the GPT
+        def __init__(self, config):
+            super().__init__()
+            self.gpt = GPT(config)
+
+        def forward(self, idx, targets=None):
+            return self.gpt(idx, targets)
+
+    cfg = tiny_run(max_steps=3)
+    set_seed(0)
+    model = Wrapped(cfg.model)
+    loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction)
+    history = train(model, cfg, train_loader=loader, progress=False)  # the plain loss: no fused path to ask for
+    assert [r["step"] for r in history] == [0, 1, 2] and history[0]["val_loss"] is not None
 
 
 # ----------------------------------------------------------------------------- the loop and its log
