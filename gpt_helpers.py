@@ -1201,6 +1201,23 @@ def get_device() -> str:
     return "cpu"
 
 
+def check_device(name: str | None = None) -> str:
+    """A device name this course can train on (cpu, cuda, cuda:N, mps) and that exists here;
+    None picks get_device(). A ValueError says what is wrong and what to use instead."""
+    device = name or get_device()
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"{device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{device!r}: use cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device}: CUDA is not available here; use cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{device}: MPS is not available here; use cpu")
+    return device
+
+
 def set_seed(seed: int = 1337):
     """Seed Python's and torch's generators (all devices) for a repeatable run."""
     random.seed(seed)

@@ -109,20 +109,10 @@ def make_config(args, parser, ckpt_path: Path):
 
 
 def pick_device(args, parser) -> str:
-    import torch
-
-    device = args.device or gh.get_device()
     try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        parser.error(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {device}: CUDA is not available here; use --device cpu")
-    if kind == "mps" and not torch.backends.mps.is_available():
-        parser.error(f"--device {device}: MPS is not available here; use --device cpu")
-    if kind not in ("cpu", "cuda", "mps"):
-        parser.error(f"--device {device!r}: use cpu, cuda, cuda:N or mps")
-    return device
+        return gh.check_device(args.device)
+    except ValueError as e:
+        parser.error(f"--device {e}")
 
 
 def main(argv=None) -> int:

@@ -66,9 +66,9 @@ from gpt_helpers import (  # noqa: E402
     GPTConfig,
     TrainConfig,
     autocast_dtype,
+    check_device,
     clip_and_step,
     configure_optimizer,
-    get_device,
     get_preset,
     preset_name,
     set_seed,
@@ -656,13 +656,10 @@ def parse_args(argv=None):
                                n_layer=args.n_layer or m.n_layer, n_head=n_head, n_embd=n_embd)
     except ValueError as e:
         p.error(f"{e} (--n-embd / --n-head)")
-    args.device = args.device or get_device()
     try:
-        dev = torch.device(args.device)
-    except RuntimeError:
-        p.error(f"--device {args.device!r} is not a device name: use cpu, cuda, cuda:N or mps")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
+        args.device = check_device(args.device)
+    except ValueError as e:
+        p.error(f"--device {e}")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         p.error(f"--peak-tflops must be positive, got {args.peak_tflops}")
     return args

@@ -1,4 +1,4 @@
-"""The utilities section of gpt_helpers (get_device, set_seed, compare) and the test run's preset."""
+"""The utilities section of gpt_helpers (get_device, check_device, set_seed, compare) and the test run's preset."""
 
 import os
 import random
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_helpers import compare, get_device, get_preset, preset_name, set_seed
+from gpt_helpers import check_device, compare, get_device, get_preset, preset_name, set_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,3 +128,15 @@ def test_ci_runs_the_readme_test_command_with_the_smoke_preset():
     if readme.exists():
         assert commands[0] in _pytest_commands(readme.read_text()), (
             f"README.md should show the command CI runs: {commands[0]}")
+
+
+def test_check_device_accepts_what_exists_and_names_what_does_not():
+    assert check_device("cpu") == "cpu"
+    assert check_device(None) == get_device()
+    with pytest.raises(ValueError, match=r"'tpu' is not a device: use cpu, cuda, cuda:N or mps"):
+        check_device("tpu")
+    with pytest.raises(ValueError, match=r"'meta': use cpu, cuda, cuda:N or mps"):
+        check_device("meta")  # a real torch device, but nothing trains there
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here; use cpu"):
+            check_device("cuda:0")
