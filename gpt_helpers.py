@@ -181,9 +181,10 @@ class _FusedHeadLoss(torch.autograd.Function):
             count = valid.sum()  # a tensor: no sync with the GPU
             total = torch.zeros((), dtype=acc, device=h.device)
             grad_h = torch.empty_like(h) if want_h else None  # (N, C)
-            grad_w = torch.zeros(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
+            grad_w = torch.empty(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
             buf = torch.empty(min(rows, N), V, dtype=acc, device=h.device)  # (rows, V): the only logits
             buf_low = torch.empty_like(buf, dtype=dtype) if low else None  # (rows, V) matmul in/out
+            w_low = torch.empty_like(wd) if low and want_w else None  # (V, C) a chunk's part of grad_w
             for i in range(0, N, rows):
                 j = min(i + rows, N)
                 z, t, v = buf[: j - i], t_all[i:j], valid[i:j, None].to(acc)  # (n, V), (n, 1), (n, 1)
@@ -202,11 +203,11 @@ class _FusedHeadLoss(torch.autograd.Function):
                 g = buf_low[: j - i].copy_(z) if low else z  # (n, V)
                 if want_h:
                     grad_h[i:j] = g @ wd  # (n, C)
-                if want_w:
-                    if low:
-                        grad_w += g.t() @ hd[i:j]  # (V, C), each chunk's part rounded to dtype once
-                    else:
-                        grad_w.addmm_(g.t(), hd[i:j])  # (V, C), summed over chunks
+                if want_w and low:  # (V, C): each chunk's part rounded to dtype once, summed in fp32
+                    torch.mm(g.t(), hd[i:j], out=w_low)
+                    grad_w.copy_(w_low) if i == 0 else grad_w.add_(w_low)
+                elif want_w:  # (V, C), summed over chunks; the first chunk writes, no zeroing pass
+                    torch.mm(g.t(), hd[i:j], out=grad_w) if i == 0 else grad_w.addmm_(g.t(), hd[i:j])
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
         return total / count  # nan when every target is ignored, as F.cross_entropy
@@ -214,10 +215,15 @@ class _FusedHeadLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        if getattr(ctx, "used", False):  # the saved gradients were scaled in place the first time
+            raise RuntimeError("fused_head_loss: a second backward through the same loss is not "
+                               "supported; compute the loss again")
+        ctx.used = True
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count.clamp(min=1)  # d(total / count); zero gradients when nothing counts
-        return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
-                None if grad_w is None else (grad_w * scale).to(ctx.weight_dtype), None, None, None, None)
+        # in place: these are the size of the head's weight, and a copy would be fresh memory
+        return (None if grad_h is None else grad_h.mul_(scale.to(grad_h.dtype)),
+                None if grad_w is None else grad_w.mul_(scale).to(ctx.weight_dtype), None, None, None, None)
 
 
 @torch.compiler.disable  # runs eagerly: inside a compiled model it is a graph break

@@ -4,6 +4,7 @@
     python benchmarks/train_speed.py --preset gpu             # GPT-2 124M, B=32, T=256
     python benchmarks/train_speed.py --n-layer 4 --n-embd 256 --batch-size 8 --seq-len 256 --steps 10
     python benchmarks/train_speed.py --preset smoke --steps 2 --json speed.json
+    python benchmarks/train_speed.py --preset gpu --device cpu --batch-size 2 --no-ladder   # 124M, ours vs HF only
 
 It prints two tables, every row measured in the same process on the same batch:
 
@@ -494,6 +495,16 @@ def best_settings(rows: list[dict]) -> Settings:
     return ran[-1]["_settings"] if ran else Settings(sdpa=True)
 
 
+def planned_settings(device, compile_cpu: bool = False, vocab_size: int = GPT2_VOCAB_SIZE) -> Settings:
+    """Every rung that applies to this device switched on, unmeasured: what the ladder's last
+    rung would be if none failed (for --no-ladder)."""
+    device, settings = torch.device(device), Settings()
+    for key, _, field_name in RUNGS:
+        if field_name and skip_reason(key, device, compile_cpu, vocab_size, settings) is None:
+            settings = replace(settings, **{field_name: True})
+    return settings
+
+
 def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, device, settings: Settings,
                       steps: int = 10, warmup: int = 2, peak: float | None = None) -> dict:
     """Our GPT and HF's GPT2LMHeadModel, same settings, sizes, weights, batch and optimizer.
@@ -564,7 +575,7 @@ def _fmt_mfu(m):
 def format_table(rows: list[dict], comparison: dict | None = None) -> str:
     """The ladder (and the comparison, when given) as aligned text."""
     head = f"{'rung':<30}{'tokens/s':>12}{'step ms':>10}{'peak mem':>13}{'MFU':>8}{'speedup':>9}"
-    lines = [head, "-" * len(head)]
+    lines = [head, "-" * len(head)] if rows else []
     for r in rows:
         if r["status"] != "ran":
             lines.append(f"{r['name']:<30}  {r['status']}: {r['reason']}")
@@ -573,6 +584,7 @@ def format_table(rows: list[dict], comparison: dict | None = None) -> str:
                      f"{_fmt_mem(r['peak_mem_mib']):>13}{_fmt_mfu(r['mfu']):>8}{r['speedup']:>8.2f}x")
     if comparison:
         lines += ["", f"same settings ({comparison['settings']}), same batch, same optimizer:", head[:73], "-" * 73]
+        lines = lines[1:] if not rows else lines  # no ladder: no blank line first
         for who, name in (("ours", "our GPT"), ("hf", "HF GPT2LMHeadModel")):
             r = comparison[who]
             if r["status"] != "ran":
@@ -639,6 +651,8 @@ def parse_args(argv=None):
                    help="keep all rungs' models alive and alternate their timed steps (default: on "
                         "unless on CUDA; steadier on a busy CPU, needs memory for every model)")
     p.add_argument("--no-hf", action="store_true", help="skip the comparison with HF's GPT2LMHeadModel")
+    p.add_argument("--no-ladder", action="store_true",
+                   help="skip the ladder: only ours vs HF, every rung that applies here switched on")
     p.add_argument("--json", metavar="PATH", help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     try:
@@ -660,6 +674,8 @@ def parse_args(argv=None):
         args.device = check_device(args.device)
     except ValueError as e:
         p.error(f"--device {e}")
+    if args.no_ladder and args.no_hf:
+        p.error("--no-ladder with --no-hf leaves nothing to measure: drop one of them")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         p.error(f"--peak-tflops must be positive, got {args.peak_tflops}")
     return args
@@ -682,17 +698,19 @@ def main(argv=None) -> dict:
           + ("; rungs' steps interleaved" if inter else "; one rung at a time")
           + "; on a shared machine the figures are noisy")
     print(flops_line(c, args.seq_len))
-    print("\nthe ladder (each rung keeps the ones above it):")
-    rows = run_ladder(c, args.batch_size, args.seq_len, device, args.steps, args.warmup, args.compile_cpu, peak,
-                      interleave=args.interleave)
+    rows = []
+    if not args.no_ladder:
+        print("\nthe ladder (each rung keeps the ones above it):")
+        rows = run_ladder(c, args.batch_size, args.seq_len, device, args.steps, args.warmup, args.compile_cpu, peak,
+                          interleave=args.interleave)
     comparison = None
     if not args.no_hf:
-        settings = best_settings(rows)
+        settings = planned_settings(device, args.compile_cpu, c.vocab_size) if args.no_ladder else best_settings(rows)
         print(f"\nours vs HF with the best settings ({settings.describe()}):")
         comparison = run_hf_comparison(c, args.batch_size, args.seq_len, device, settings,
                                        args.steps, args.warmup, peak)
     mem = "CUDA max_memory_allocated" if device.type == "cuda" else "RSS growth during a step, approximate"
-    print(f"\npeak mem: {mem}; speedup: tokens/s over the first rung\n")
+    print(f"\npeak mem: {mem}" + ("; speedup: tokens/s over the first rung" if rows else "") + "\n")
     print(format_table(rows, comparison))
     result = {
         "device": str(device), "device_name": dev_name, "peak_tflops": peak, "torch": torch.__version__,

@@ -280,6 +280,15 @@ def test_fused_head_loss_in_float64_matches_to_float64_rounding(tiny_config):
         torch.testing.assert_close(fused_grads[name], g, atol=1e-12, rtol=1e-10, msg=name)
 
 
+def test_fused_head_loss_refuses_a_second_backward_instead_of_a_wrong_gradient(tiny_config):
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    _, loss = model(idx, idx, return_logits=False)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward through the same loss"):
+        loss.backward()
+
+
 def test_fused_head_loss_rejects_bad_arguments(tiny_config):
     h, w = torch.randn(2, 8, tiny_config.n_embd), torch.randn(tiny_config.vocab_size, tiny_config.n_embd)
     with pytest.raises(ValueError, match=r"targets must have the shape of h without its last dim \(2, 8\)"):

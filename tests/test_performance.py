@@ -26,6 +26,7 @@ from benchmarks.train_speed import (
     padded_vocab,
     parse_args,
     peak_tflops,
+    planned_settings,
     skip_reason,
     use_explicit_attention,
 )
@@ -151,7 +152,17 @@ def test_rungs_that_do_not_apply_on_cpu_say_why():
     assert "compiled" in skip_reason("fusedloss", cpu, settings=Settings(compile=True))
 
 
+def test_planned_settings_switch_on_every_rung_that_applies():
+    native_bf16 = cpu_has_native_bf16()
+    assert planned_settings("cpu") == Settings(amp=native_bf16, sdpa=True, pad_vocab=True, fused=True, fused_loss=True)
+    # compiled, the loss stays plain, as in train()
+    assert planned_settings("cpu", compile_cpu=True) == Settings(amp=native_bf16, sdpa=True, compile=True,
+                                                                 pad_vocab=True, fused=True, fused_loss=False)
+    assert not planned_settings("cpu", vocab_size=50304).pad_vocab
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--no-ladder", "--no-hf"], "nothing to measure"),
     (["--n-embd", "30", "--n-head", "4"], "n_embd"),
     (["--steps", "0"], "--steps"),
     (["--warmup", "-1"], "--warmup"),
@@ -195,3 +206,18 @@ def test_script_runs_end_to_end(tmp_path):
     assert cmp["ratio"] == pytest.approx(cmp["ours"]["tokens_per_sec"] / cmp["hf"]["tokens_per_sec"])
     # every rung starts from the same weights too (the padded vocab only adds rows)
     assert rungs["sdpa"]["first_loss"] == pytest.approx(rungs["original"]["first_loss"], abs=2e-2 if native_bf16 else 1e-4)
+
+
+def test_script_without_the_ladder_compares_ours_and_hf_only(tmp_path):
+    out = tmp_path / "speed.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "train_speed.py"), "--device", "cpu", "--n-layer", "1",
+           "--n-embd", "16", "--n-head", "2", "--batch-size", "2", "--seq-len", "16", "--steps", "1",
+           "--warmup", "1", "--no-ladder", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the ladder" not in proc.stdout and "fp32, explicit attention" not in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["rungs"] == []
+    cmp = result["hf_comparison"]
+    assert cmp["settings"] == planned_settings("cpu").describe()
+    assert cmp["ours"]["status"] == cmp["hf"]["status"] == "ran" and cmp["ratio"] > 0
