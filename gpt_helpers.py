@@ -164,24 +164,25 @@ class _FusedHeadLoss(torch.autograd.Function):
     `rows` x V is reused: the logits of a chunk become its softmax in place, and since
     d loss / d logits = (softmax - one_hot) / N is known in the forward pass, the
     gradients of h and of the head's weight are computed there too and kept for backward.
-    Same FLOPs as the plain path; the logits are never whole in memory. First-order only:
-    the backward hands out those saved gradients, so it has no graph to differentiate.
+    Same FLOPs as the plain path; the logits are never whole in memory. First-order only,
+    and one backward per loss: the backward scales those saved gradients in place.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, targets, rows: int, dtype: torch.dtype, grad: bool):
+    def forward(ctx, h, weight, targets, rows: int, dtype: torch.dtype, grad: bool, autocast: bool):
         N, V = h.size(0), weight.size(0)
         want_h, want_w = (grad and need for need in ctx.needs_input_grad[:2])  # grad: False under no_grad
         acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32, or fp64 for fp64
         low = dtype != acc  # autocast: matmuls in bf16/fp16, the rest in fp32
-        with torch.autocast(h.device.type, enabled=False):  # casts are explicit below
+        with torch.autocast(h.device.type, enabled=False) if autocast else nullcontext():  # explicit casts below
             hd, wd = h.to(dtype), weight.to(dtype)  # (N, C), (V, C); no copy without autocast
             valid = targets != IGNORE_INDEX  # (N,)
             t_all = torch.where(valid, targets, 0).unsqueeze(1)  # (N, 1), a real index everywhere
             count = valid.sum()  # a tensor: no sync with the GPU
             total = torch.zeros((), dtype=acc, device=h.device)
             grad_h = torch.empty_like(h) if want_h else None  # (N, C)
-            grad_w = torch.empty(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
+            new = torch.empty if N else torch.zeros  # the first chunk writes grad_w; no chunk, no write
+            grad_w = new(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
             buf = torch.empty(min(rows, N), V, dtype=acc, device=h.device)  # (rows, V): the only logits
             buf_low = torch.empty_like(buf, dtype=dtype) if low else None  # (rows, V) matmul in/out
             w_low = torch.empty_like(wd) if low and want_w else None  # (V, C) a chunk's part of grad_w
@@ -222,8 +223,8 @@ class _FusedHeadLoss(torch.autograd.Function):
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count.clamp(min=1)  # d(total / count); zero gradients when nothing counts
         # in place: these are the size of the head's weight, and a copy would be fresh memory
-        return (None if grad_h is None else grad_h.mul_(scale.to(grad_h.dtype)),
-                None if grad_w is None else grad_w.mul_(scale).to(ctx.weight_dtype), None, None, None, None)
+        return (None if grad_h is None else grad_h.mul_(scale),  # in h's dtype, rounded once
+                None if grad_w is None else grad_w.mul_(scale).to(ctx.weight_dtype), None, None, None, None, None)
 
 
 @torch.compiler.disable  # runs eagerly: inside a compiled model it is a graph break
@@ -234,8 +235,9 @@ def fused_head_loss(h, weight, targets, chunk_mb: float | None = None):
     one). Same value and gradients as the plain path, up to float rounding; under autocast
     the matmuls run in its dtype and the softmax in fp32, as autocast would run them.
     With grad mode on it computes the gradients in this call, whether or not a backward
-    follows: evaluate under torch.no_grad(). First-order gradients only.
-    chunk_mb: the logits buffer's size in MiB (default FUSED_LOSS_CHUNK_MB)."""
+    follows: evaluate under torch.no_grad(). First-order gradients only, one backward per loss.
+    chunk_mb: the fp32 logits buffer's size in MiB (default FUSED_LOSS_CHUNK_MB); autocast adds
+    a half-size one in its dtype, and fp64 inputs double it."""
     chunk_mb = FUSED_LOSS_CHUNK_MB if chunk_mb is None else chunk_mb
     if targets.shape != h.shape[:-1]:
         raise ValueError(f"targets must have the shape of h without its last dim {tuple(h.shape[:-1])}, "
@@ -243,16 +245,22 @@ def fused_head_loss(h, weight, targets, chunk_mb: float | None = None):
     if not chunk_mb > 0:
         raise ValueError(f"chunk_mb must be positive, got {chunk_mb!r}")
     V = weight.size(0)
+    if targets.device != h.device or weight.device != h.device:
+        raise ValueError(f"h, weight and targets must be on one device, got {h.device}, {weight.device} "
+                         f"and {targets.device}: move them with .to(device)")
     if h.device.type == "cpu":  # on a GPU this check would wait for it; gather fails there instead
         bad = targets[(targets >= V) | ((targets < 0) & (targets != IGNORE_INDEX))]
         if bad.numel():
             raise ValueError(f"targets must be token ids in [0, {V}) or {IGNORE_INDEX} (skipped), "
                              f"got {bad[0].item()}")
-    dev = h.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+    try:
+        autocast = torch.is_autocast_enabled(h.device.type)
+    except RuntimeError:  # a device type autocast does not know (mps before torch 2.5, meta)
+        autocast = False
+    dtype = torch.get_autocast_dtype(h.device.type) if autocast else h.dtype
     rows = max(1, int(chunk_mb * 2**20) // (4 * V))  # fp32 rows in the buffer
     return _FusedHeadLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1).long(), rows, dtype,
-                                torch.is_grad_enabled())
+                                torch.is_grad_enabled(), autocast)
 
 
 class GPT(nn.Module):
@@ -988,6 +996,9 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         except ImportError:
             raise ImportError("tensorboard=True needs the tensorboard package, which is not installed: "
                               "pip install tensorboard (or train without tensorboard)") from None
+    if fused_loss and not isinstance(model, GPT):
+        raise ValueError(f"fused_loss=True needs gpt_helpers.GPT (its forward's return_logits=False), "
+                         f"got {type(model).__name__}: pass fused_loss=False or None")
     device = torch.device(device)
     if train_loader is None:
         train_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="train", val_fraction=cfg.val_fraction)

@@ -13,12 +13,13 @@ It prints two tables, every row measured in the same process on the same batch:
    bf16 autocast -> F.scaled_dot_product_attention (flash attention) ->
    torch.compile -> vocabulary padded to a multiple of 128 (50,257 -> 50,304) ->
    fused AdamW -> fused head + loss (gpt_helpers.fused_head_loss: the logits are
-   never whole in memory). Rungs that do not apply to the device are skipped, with
-   the reason.
+   never whole in memory; skipped after torch.compile, as train() does). Rungs that
+   do not apply to the device are skipped, with the reason.
 2. Our GPT with the best settings against HF's GPT2LMHeadModel with the same sizes,
    weights, batch, optimizer and settings, and the ratio of their tokens/s. HF computes
-   its loss from the whole logits, as GPT2LMHeadModel(labels=...) does: the fused head
-   is part of our model, not a setting HF has.
+   its loss from the whole logits, as GPT2LMHeadModel(labels=...) does: where the
+   settings include the fused head, it is part of our model, not a setting HF has.
+   With --no-ladder only this table, with every rung that applies here switched on.
 
 Timing: the first --warmup steps are not timed (allocator, kernel selection and
 compilation happen there); every timed step ends with a device synchronize; a row
@@ -706,7 +707,8 @@ def main(argv=None) -> dict:
     comparison = None
     if not args.no_hf:
         settings = planned_settings(device, args.compile_cpu, c.vocab_size) if args.no_ladder else best_settings(rows)
-        print(f"\nours vs HF with the best settings ({settings.describe()}):")
+        which = "every rung that applies here, unmeasured" if args.no_ladder else "the best settings"
+        print(f"\nours vs HF with {which} ({settings.describe()}):")
         comparison = run_hf_comparison(c, args.batch_size, args.seq_len, device, settings,
                                        args.steps, args.warmup, peak)
     mem = "CUDA max_memory_allocated" if device.type == "cuda" else "RSS growth during a step, approximate"

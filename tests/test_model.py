@@ -230,7 +230,63 @@ def test_fused_head_loss_skips_ignored_targets_as_cross_entropy_does(tiny_config
         torch.testing.assert_close(fused_grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_fused_head_loss_without_gradients_and_under_bf16_autocast(tiny_config, monkeypatch):
+@pytest.mark.parametrize("chunk_mb", [0.003, 64.0])  # several chunks, one chunk
+def test_fused_head_loss_under_bf16_autocast_in_chunks(tiny_config, chunk_mb, monkeypatch):
+    monkeypatch.setattr(gpt_helpers, "FUSED_LOSS_CHUNK_MB", chunk_mb)
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (3, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 matmuls, fp32 softmax, as autocast runs the plain path
+        _, loss, grads = _loss_and_grads(model, idx, idx, return_logits=True)
+        _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, loss, atol=2e-2, rtol=0)
+    for name, g in grads.items():
+        assert fused_grads[name].dtype == torch.float32
+        torch.testing.assert_close(fused_grads[name], g, atol=2e-2 * g.abs().max().item(), rtol=0, msg=name)
+
+
+def test_fused_head_loss_of_a_bf16_model_without_autocast(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config).to(torch.bfloat16)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+    _, loss, grads = _loss_and_grads(model, idx, idx, return_logits=True)
+    _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+    torch.testing.assert_close(fused.float(), loss.float(), atol=5e-2, rtol=0)
+    for name, g in grads.items():
+        assert fused_grads[name].dtype == torch.bfloat16, name
+        torch.testing.assert_close(fused_grads[name].float(), g.float(), atol=5e-2 * g.abs().max().item(), rtol=0,
+                                   msg=name)
+
+
+@pytest.mark.parametrize("frozen", ["h", "weight"])
+def test_fused_head_loss_with_one_input_frozen(frozen):
+    torch.manual_seed(0)
+    h, w = torch.randn(6, 8, requires_grad=frozen != "h"), torch.randn(11, 8, requires_grad=frozen != "weight")
+    targets = torch.randint(0, 11, (6,))
+    F.cross_entropy(h @ w.T, targets).backward()
+    expected = (h.grad, w.grad)
+    h.grad = w.grad = None
+    fused_head_loss(h, w, targets).backward()
+    for got, want in zip((h.grad, w.grad), expected):
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_fused_head_loss_of_an_empty_batch_and_on_a_device_autocast_does_not_know():
+    h, w = torch.randn(0, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    loss = fused_head_loss(h, w, torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert loss.isnan() and (w.grad == 0).all()  # as F.cross_entropy: nan loss, nothing to learn
+    # autocast has no "meta" (nor "mps" before torch 2.5): the loss must not ask it
+    h, w = torch.randn(6, 8, device="meta", requires_grad=True), torch.randn(11, 8, device="meta", requires_grad=True)
+    loss = fused_head_loss(h, w, torch.zeros(6, dtype=torch.long, device="meta"))
+    loss.backward()
+    assert loss.device.type == "meta" and w.grad.shape == w.shape
+
+
+def test_fused_head_loss_computes_no_gradients_under_no_grad(tiny_config, monkeypatch):
     torch.manual_seed(0)
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
@@ -242,15 +298,6 @@ def test_fused_head_loss_without_gradients_and_under_bf16_autocast(tiny_config, 
     assert not scatters
     model(idx, idx, return_logits=False)[1].backward()
     assert scatters
-    monkeypatch.undo()
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 matmuls, fp32 softmax, as autocast runs the plain path
-        _, loss, grads = _loss_and_grads(model, idx, idx, return_logits=True)
-        _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
-    assert fused.dtype == torch.float32
-    torch.testing.assert_close(fused, loss, atol=2e-2, rtol=0)
-    for name, g in grads.items():
-        assert fused_grads[name].dtype == torch.float32
-        torch.testing.assert_close(fused_grads[name], g, atol=2e-2 * g.abs().max().item(), rtol=0, msg=name)
 
 
 def test_fused_head_loss_when_every_target_is_ignored(tiny_config):
@@ -295,6 +342,8 @@ def test_fused_head_loss_rejects_bad_arguments(tiny_config):
         fused_head_loss(h, w, torch.zeros(2, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="chunk_mb must be positive"):
         fused_head_loss(h, w, torch.zeros(2, 8, dtype=torch.long), chunk_mb=0)
+    with pytest.raises(ValueError, match="must be on one device"):
+        fused_head_loss(h, w, torch.zeros(2, 8, dtype=torch.long, device="meta"))
     for bad in (tiny_config.vocab_size, -1):  # past the vocabulary, or negative but not IGNORE_INDEX
         targets = torch.zeros(2, 8, dtype=torch.long)
         targets[1, 3] = bad

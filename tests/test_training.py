@@ -193,6 +193,8 @@ def test_train_runs_a_model_whose_forward_has_no_return_logits(text_file):
     loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction)
     history = train(model, cfg, train_loader=loader, progress=False)  # the plain loss: no fused path to ask for
     assert [r["step"] for r in history] == [0, 1, 2] and history[0]["val_loss"] is not None
+    with pytest.raises(ValueError, match="fused_loss=True needs gpt_helpers.GPT"):
+        train(model, cfg, train_loader=loader, progress=False, fused_loss=True)
 
 
 # ----------------------------------------------------------------------------- the loop and its log
