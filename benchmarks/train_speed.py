@@ -13,8 +13,8 @@ It prints two tables, every row measured in the same process on the same batch:
    bf16 autocast -> F.scaled_dot_product_attention (flash attention) ->
    torch.compile -> vocabulary padded to a multiple of 128 (50,257 -> 50,304) ->
    fused AdamW -> fused head + loss (gpt_helpers.fused_head_loss: the logits are
-   never whole in memory; skipped after torch.compile, as train() does). Rungs that
-   do not apply to the device are skipped, with the reason.
+   never whole in memory; skipped after torch.compile on CUDA, as train() does). Rungs
+   that do not apply to the device are skipped, with the reason.
 2. Our GPT with the best settings against HF's GPT2LMHeadModel with the same sizes,
    weights, batch, optimizer and settings, and the ratio of their tokens/s. HF computes
    its loss from the whole logits, as GPT2LMHeadModel(labels=...) does: where the
@@ -238,8 +238,8 @@ def skip_reason(key: str, device: torch.device, compile_cpu: bool = False, vocab
         return "compiling on CPU takes minutes; pass --compile-cpu to include it"
     if key == "vocab" and padded_vocab(vocab_size) == vocab_size:
         return f"vocab {vocab_size:,} is already a multiple of 128"
-    if key == "fusedloss" and settings is not None and settings.compile:
-        return "compiled, train() keeps the plain loss (Inductor fuses its softmax; the fused head is eager)"
+    if key == "fusedloss" and cuda and settings is not None and settings.compile:
+        return "compiled on CUDA, train() keeps the plain loss (Inductor fuses its softmax; the fused head is eager)"
     return None
 
 

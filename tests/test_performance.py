@@ -148,16 +148,16 @@ def test_rungs_that_do_not_apply_on_cpu_say_why():
     for key in ("original", "sdpa", "vocab", "fused", "fusedloss"):
         assert skip_reason(key, cpu) is None
     assert "multiple of 128" in skip_reason("vocab", cpu, vocab_size=50304)
-    # compiled, train() keeps the plain loss, and so does the ladder
-    assert "compiled" in skip_reason("fusedloss", cpu, settings=Settings(compile=True))
+    # compiled on CUDA, train() keeps the plain loss, and so does the ladder; on a CPU the fused head runs
+    assert "compiled on CUDA" in skip_reason("fusedloss", torch.device("cuda"), settings=Settings(compile=True))
+    assert skip_reason("fusedloss", cpu, settings=Settings(compile=True)) is None
 
 
 def test_planned_settings_switch_on_every_rung_that_applies():
     native_bf16 = cpu_has_native_bf16()
     assert planned_settings("cpu") == Settings(amp=native_bf16, sdpa=True, pad_vocab=True, fused=True, fused_loss=True)
-    # compiled, the loss stays plain, as in train()
     assert planned_settings("cpu", compile_cpu=True) == Settings(amp=native_bf16, sdpa=True, compile=True,
-                                                                 pad_vocab=True, fused=True, fused_loss=False)
+                                                                 pad_vocab=True, fused=True, fused_loss=True)
     assert not planned_settings("cpu", vocab_size=50304).pad_vocab
 
 
