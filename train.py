@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fused", action="store_true", help="use the plain AdamW instead of the fused CUDA kernel")
     p.add_argument("--no-tf32", action="store_true", help="keep fp32 matmuls exact on CUDA (no TF32 tensor cores)")
     p.add_argument("--no-fused-loss", action="store_true",
-                   help="compute the loss from the whole logits (default unless compiling: the fused "
-                        "head + loss, which never holds them all)")
+                   help="compute the loss from the whole logits (default, except when compiling on "
+                        "CUDA: the fused head + loss, which never holds them all)")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to out_dir/tensorboard (needs: pip install tensorboard)")
     p.add_argument("--seed", type=int, help="seed for the weights and the sample (default: the preset's, 1337)")
