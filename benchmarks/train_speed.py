@@ -50,7 +50,6 @@ import re
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -67,13 +66,18 @@ from gpt_helpers import (  # noqa: E402
     CausalSelfAttention,
     GPTConfig,
     TrainConfig,
+    _autocast,
+    _loss,
     autocast_dtype,
     check_device,
     clip_and_step,
     configure_optimizer,
+    first_line,
     get_preset,
+    get_tf32,
     preset_name,
     set_seed,
+    set_tf32,
     to_hf,
 )
 
@@ -121,6 +125,12 @@ def mfu(tokens_per_sec: float, flops_token: float, peak: float | None) -> float 
     if not peak:
         return None
     return tokens_per_sec * flops_token / (peak * 1e12)
+
+
+def _flops_token(model_config: GPTConfig, settings, seq_len: int) -> int:
+    """flops_per_token of the model a rung builds (its vocabulary padded when settings say so)."""
+    vocab = padded_vocab(model_config.vocab_size) if settings.pad_vocab else model_config.vocab_size
+    return flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
 
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
@@ -274,16 +284,6 @@ def _release_memory(device: torch.device):
             pass
 
 
-def set_tf32(on: bool | tuple[bool, bool]):
-    """TF32 for matmuls and cuDNN convolutions: one flag for both, or a (matmul, cudnn) pair."""
-    matmul, cudnn = on if isinstance(on, tuple) else (on, on)
-    torch.backends.cuda.matmul.allow_tf32 = matmul
-    torch.backends.cudnn.allow_tf32 = cudnn
-
-
-def get_tf32() -> tuple[bool, bool]:
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-
 def make_batch(batch_size: int, seq_len: int, device, vocab_size: int = GPT2_VOCAB_SIZE, seed: int = 1337):
     """A fixed (B, T) batch of random token ids and its targets (shifted by one).
     Speed does not depend on the text, so no tokenizer is needed."""
@@ -311,8 +311,7 @@ def build_hf(model_config: GPTConfig, settings: Settings, device, seed: int = 13
 
 
 def gpt_loss(model, x, y, settings: Settings | None = None):
-    fused = settings is not None and settings.fused_loss
-    return model(x, y, return_logits=not fused)[1]
+    return _loss(model, x, y, settings is not None and settings.fused_loss)  # as train() computes it
 
 
 def hf_loss(model, x, y, settings: Settings | None = None):
@@ -362,7 +361,7 @@ class Runner:
         _sync(device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext():
+        with _autocast(device, self.amp_dtype):
             loss = self.loss_fn(self.step_model, x, y, self.settings)
         self._probe()  # activations are alive now
         (scaler.scale(loss) if scaler else loss).backward()
@@ -398,21 +397,8 @@ class Runner:
         _release_memory(self.device)
 
 
-def run_one(build, loss_fn, settings: Settings, device, batch, steps: int, warmup: int) -> dict:
-    """Build a model with build(settings, device), time it, free it."""
-    runner = Runner(build, loss_fn, settings, device, batch)
-    try:
-        runner.warmup(warmup)
-        for _ in range(steps):
-            runner.step()
-        return runner.result()
-    finally:
-        runner.close()
-
-
 def _failure(e: Exception) -> str:
-    first = (str(e).strip().splitlines() or [""])[0][:120]
-    return f"{type(e).__name__}: {first}"
+    return f"{type(e).__name__}: {first_line(e)[:120]}"
 
 
 def run_ladder(model_config: GPTConfig, batch_size: int, seq_len: int, device, steps: int = 10,
@@ -483,8 +469,7 @@ def run_ladder(model_config: GPTConfig, batch_size: int, seq_len: int, device, s
     base = None
     for row in rows:
         if row["status"] == "ran":
-            vocab = padded_vocab(model_config.vocab_size) if row["_settings"].pad_vocab else model_config.vocab_size
-            ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
+            ftok = _flops_token(model_config, row["_settings"], seq_len)
             base = base or row["tokens_per_sec"]
             row.update(mfu=mfu(row["tokens_per_sec"], ftok, peak), speedup=row["tokens_per_sec"] / base)
     return rows
@@ -517,8 +502,7 @@ def run_hf_comparison(model_config: GPTConfig, batch_size: int, seq_len: int, de
     """
     device = torch.device(device)
     batch = make_batch(batch_size, seq_len, device)
-    vocab = padded_vocab(model_config.vocab_size) if settings.pad_vocab else model_config.vocab_size
-    ftok = flops_per_token(replace(model_config, vocab_size=vocab), seq_len)
+    ftok = _flops_token(model_config, settings, seq_len)
     contestants = (
         ("ours", lambda s, d: build_gpt(model_config, s, d), gpt_loss),
         ("hf", lambda s, d: build_hf(model_config, s, d), hf_loss),
