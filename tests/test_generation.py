@@ -4,7 +4,19 @@ import pytest
 import torch
 
 import gpt_helpers
-from gpt_helpers import GPT, GPT2_VOCAB_SIZE, GPTConfig, KVCache, generate_text, sample_next_token
+from gpt_helpers import (
+    GPT,
+    GPT2_VOCAB_SIZE,
+    GPTConfig,
+    KVCache,
+    attention_cached,
+    forward_cached,
+    generate_text,
+    hidden_states_cached,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+)
 
 
 @pytest.fixture
@@ -59,19 +71,79 @@ def test_cache_fed_in_chunks_matches_one_full_forward(model):
     full, _ = model(idx)
     cache = KVCache(model.config.n_layer)
     pieces = [idx[:, :5], idx[:, 5:8], idx[:, 8:11], *idx[:, 11:].split(1, dim=1)]
-    with torch.no_grad():
-        outs = [model(piece, kv_cache=cache)[0] for piece in pieces]
+    outs = [forward_cached(model, piece, cache) for piece in pieces]
     assert len(cache) == 20
     assert torch.allclose(torch.cat(outs, dim=1), full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("prefill", [1, 6, 31])
+def test_prefill_then_one_token_at_a_time_matches_the_full_forward(model, prefill):
+    idx = torch.randint(0, model.config.vocab_size, (3, 32), generator=torch.Generator().manual_seed(prefill))
+    with torch.no_grad():
+        full, _ = model(idx)  # (3, 32, V)
+    cache = KVCache(model.config.n_layer)
+    first = forward_cached(model, idx[:, :prefill], cache)
+    assert first.shape == (3, prefill, model.config.vocab_size) and len(cache) == prefill
+    torch.testing.assert_close(first, full[:, :prefill], atol=1e-5, rtol=0)
+    for t in range(prefill, 32):
+        step = forward_cached(model, idx[:, t : t + 1], cache)  # (3, 1, V): position t, after t cached tokens
+        assert len(cache) == t + 1
+        torch.testing.assert_close(step, full[:, t : t + 1], atol=1e-5, rtol=0, msg=f"position {t}")
+
+
+@pytest.mark.parametrize("new", [2, 5])
+def test_several_new_tokens_after_a_cache_match_the_full_forward(model, new):
+    # T > 1 after a cache: query i sits at position past + i and must not see the tokens after it
+    idx = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(new))
+    with torch.no_grad():
+        full, _ = model(idx)
+    cache = KVCache(model.config.n_layer)
+    forward_cached(model, idx[:, :7], cache)
+    out = forward_cached(model, idx[:, 7 : 7 + new], cache)
+    assert len(cache) == 7 + new
+    torch.testing.assert_close(out, full[:, 7 : 7 + new], atol=1e-5, rtol=0)
+
+
+def test_kv_cache_keeps_each_layers_keys_and_values(model):
+    n_layer, n_head, hs = model.config.n_layer, model.config.n_head, model.config.n_embd // model.config.n_head
+    cache = KVCache(n_layer)
+    assert len(cache) == 0 and cache.k == [None] * n_layer and cache.v == [None] * n_layer
+    k, v = torch.randn(2, n_head, 3, hs), torch.randn(2, n_head, 3, hs)
+    assert all(torch.equal(a, b) for a, b in zip(cache.append(0, k, v), (k, v)))
+    assert len(cache) == 3
+    k2, v2 = torch.randn(2, n_head, 1, hs), torch.randn(2, n_head, 1, hs)
+    k_all, v_all = cache.append(0, k2, v2)
+    assert torch.equal(k_all, torch.cat([k, k2], dim=2)) and torch.equal(v_all, torch.cat([v, v2], dim=2))
+    assert len(cache) == 4 and cache.k[0] is k_all and cache.v[0] is v_all and cache.k[1] is None
+    # forward_cached fills every layer with (B, nh, T, hs)
+    cache = KVCache(n_layer)
+    forward_cached(model, torch.zeros(2, 5, dtype=torch.long), cache)
+    assert [tuple(t.shape) for t in cache.k + cache.v] == [(2, n_head, 5, hs)] * (2 * n_layer)
+
+
+def test_cached_pieces_agree_with_the_model(model):
+    # attention_cached on an empty cache is the block's attention; hidden_states_cached is hidden_states
+    x = torch.randn(2, 6, model.config.n_embd, generator=torch.Generator().manual_seed(3))
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():
+        torch.testing.assert_close(attention_cached(attn, x, KVCache(1), 0), attn(x), atol=1e-5, rtol=0)
+        idx = torch.randint(0, model.config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+        torch.testing.assert_close(hidden_states_cached(model, idx, KVCache(model.config.n_layer)),
+                                   model.hidden_states(idx), atol=1e-5, rtol=0)
 
 
 def test_cache_refuses_to_grow_past_block_size(model):
     block = model.config.block_size
     cache = KVCache(model.config.n_layer)
-    with torch.no_grad():
-        model(torch.zeros(1, block, dtype=torch.long), kv_cache=cache)
-        with pytest.raises(ValueError, match="block_size"):
-            model(torch.zeros(1, 1, dtype=torch.long), kv_cache=cache)
+    forward_cached(model, torch.zeros(1, block, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=rf"sequence length {block + 1} is longer than block_size {block}: "
+                                         "start a new cache"):
+        forward_cached(model, torch.zeros(1, 1, dtype=torch.long), cache)
+    assert len(cache) == block  # the refused token was not added
+    fresh = KVCache(model.config.n_layer)
+    forward_cached(model, torch.zeros(1, 10, dtype=torch.long), fresh)
+    with pytest.raises(ValueError, match=rf"sequence length {block + 3} is longer than block_size {block}"):
+        forward_cached(model, torch.zeros(1, block - 7, dtype=torch.long), fresh)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -96,6 +168,40 @@ def nucleus(logits, p):
         if mass >= p:
             break
     return keep
+
+
+INF = float("-inf")
+
+
+def test_top_k_filter_keeps_exactly_the_k_largest_of_each_row():
+    logits = torch.tensor([[0.5, 3.0, -1.0, 2.0, 1.0],
+                           [4.0, -2.0, 0.0, 1.0, 3.5]])
+    assert torch.equal(top_k_filter(logits, 2), torch.tensor([[INF, 3.0, INF, 2.0, INF],
+                                                              [4.0, INF, INF, INF, 3.5]]))
+    assert torch.equal(top_k_filter(logits, 1), torch.tensor([[INF, 3.0, INF, INF, INF],
+                                                              [4.0, INF, INF, INF, INF]]))
+    assert torch.equal(top_k_filter(logits, 5), logits)
+    assert torch.equal(top_k_filter(logits, 50), logits)  # k past the vocabulary keeps everything
+
+
+def test_top_p_filter_keeps_exactly_the_nucleus_of_each_row():
+    # probabilities 0.5, 0.25, 0.125, 0.075, 0.05 (tokens 2, 0, 4, 3, 1): cumulative 0.5, 0.75, 0.875, 0.95, 1
+    logits = torch.log(torch.tensor([[0.25, 0.05, 0.5, 0.075, 0.125]]))
+    keep = lambda *ids: torch.tensor([[logits[0, i].item() if i in ids else INF for i in range(5)]])  # noqa: E731
+    assert torch.equal(top_p_filter(logits, 0.3), keep(2))  # 0.5 alone reaches 0.3
+    assert torch.equal(top_p_filter(logits, 0.49), keep(2))
+    assert torch.equal(top_p_filter(logits, 0.51), keep(2, 0))  # 0.5 is short: add the next, 0.75
+    assert torch.equal(top_p_filter(logits, 0.74), keep(2, 0))
+    assert torch.equal(top_p_filter(logits, 0.8), keep(2, 0, 4))  # 0.875
+    assert torch.equal(top_p_filter(logits, 0.9), keep(2, 0, 4, 3))  # 0.95: the least likely token goes
+    assert torch.equal(top_p_filter(logits, 0.97), logits)
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+    # the most likely token always stays, however small p; each row has its own nucleus
+    rows = torch.cat([logits, torch.tensor([[0.0, 0.0, 0.0, 5.0, 0.0]])])
+    out = top_p_filter(rows, 0.01)
+    assert torch.equal(out.isfinite(), torch.tensor([[False, False, True, False, False],
+                                                     [False, False, False, True, False]]))
+    assert torch.equal(out[1, 3], rows[1, 3])
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

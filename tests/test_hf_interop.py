@@ -7,7 +7,7 @@ is built from the BPE files tiktoken already has (seeded by conftest.py).
 import pytest
 import torch
 
-from gpt_helpers import GPT, GPT2_VOCAB_SIZE, GPTConfig, export_hf, generate_text, hf_hub_reachable, to_hf
+from gpt_helpers import GPT, GPT2_VOCAB_SIZE, GPTConfig, export_hf, generate_text, hf_hub_reachable, port, to_hf
 
 transformers = pytest.importorskip("transformers")
 PROMPT = "Hello, I'm a language model,"
@@ -45,6 +45,17 @@ def test_round_trip_ours_hf_ours_is_exact(tmp_path):
     assert all(torch.equal(sd[k], sd_back[k]) for k in sd)
     assert back.lm_head.weight is back.transformer.wte.weight  # still tied
     idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model(idx)[0], back(idx)[0])
+
+
+def test_port_of_to_hf_gives_back_the_same_model():
+    # in memory, no directory: to_hf and port are inverses
+    model = tiny()
+    back = port(to_hf(model))
+    assert back.config == model.config
+    sd, sd_back = model.state_dict(), back.state_dict()
+    assert all(torch.equal(sd[k], sd_back[k]) for k in sd)
+    idx = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(4))
     assert torch.equal(model(idx)[0], back(idx)[0])
 
 

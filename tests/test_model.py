@@ -3,6 +3,7 @@
 Parity with HF's GPT-2 lives in test_pretrained.py; the KV cache and generation in their own tests.
 """
 
+import inspect
 import math
 
 import pytest
@@ -10,7 +11,15 @@ import torch
 from torch.nn import functional as F
 
 import gpt_helpers
-from gpt_helpers import GPT, IGNORE_INDEX, CausalSelfAttention, GPTConfig, fused_head_loss
+from gpt_helpers import (
+    GPT,
+    IGNORE_INDEX,
+    CausalSelfAttention,
+    FusedHeadLoss,
+    GPTConfig,
+    fused_head_loss,
+    fused_head_model_loss,
+)
 
 # ----------------------------------------------------------------------------- config
 
@@ -191,12 +200,41 @@ def test_gradients_reach_every_parameter(tiny_config):
         assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
 
 
+def test_hidden_states_feed_the_head_and_forward_has_no_cache_or_logits_switch(tiny_config):
+    torch.manual_seed(0)
+    model = GPT(tiny_config)
+    idx = torch.randint(0, tiny_config.vocab_size, (2, 9))
+    h = model.hidden_states(idx)
+    assert h.shape == (2, 9, tiny_config.n_embd)
+    assert torch.equal(model.lm_head(h), model(idx)[0])  # forward = lm_head(hidden_states)
+    # hidden_states is the final LayerNorm's output: zeroing ln_f's gain and setting its bias shows through
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(0.5)
+    assert torch.equal(model.hidden_states(idx), torch.full_like(h, 0.5))
+    assert list(inspect.signature(GPT.forward).parameters) == ["self", "idx", "targets"]
+
+
+def test_hidden_states_check_their_input_as_forward_does(tiny_config):
+    model = GPT(tiny_config)
+    T = tiny_config.block_size
+    with pytest.raises(ValueError, match=rf"sequence length {T + 1} is longer than block_size {T}"):
+        model.hidden_states(torch.zeros(1, T + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"idx must be a \(B, T\) tensor of integer token ids"):
+        model.hidden_states(torch.zeros(8, dtype=torch.long))
+
+
 # ----------------------------------------------------------------------------- the fused head + loss
 
 
-def _loss_and_grads(model, idx, targets, return_logits):
+def _loss_and_grads(model, idx, targets, fused):
+    """The loss and every parameter's gradient: the plain path (model(idx, targets), whose logits
+    are returned) or the fused head + loss (fused_head_model_loss, no logits: None)."""
     model.zero_grad()
-    logits, loss = model(idx, targets, return_logits=return_logits)
+    if fused:
+        logits, loss = None, fused_head_model_loss(model, idx, targets)
+    else:
+        logits, loss = model(idx, targets)
     loss.backward()
     return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -204,14 +242,16 @@ def _loss_and_grads(model, idx, targets, return_logits):
 # 1e-9 MiB: one row per chunk; 0.003 MiB: 8 rows of V=97, which does not divide B*T=30
 @pytest.mark.parametrize("chunk_mb", [1e-9, 0.003, 64.0])
 def test_fused_head_loss_equals_the_plain_loss_and_its_gradients(tiny_config, chunk_mb, monkeypatch):
-    monkeypatch.setattr(gpt_helpers, "FUSED_LOSS_CHUNK_MB", chunk_mb)  # the chunking GPT.forward uses
+    monkeypatch.setattr(gpt_helpers, "FUSED_LOSS_CHUNK_MB", chunk_mb)  # the chunking fused_head_model_loss uses
     torch.manual_seed(0)
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (3, 10))
     targets = torch.randint(0, tiny_config.vocab_size, (3, 10))
-    _, loss, grads = _loss_and_grads(model, idx, targets, return_logits=True)
-    logits, fused, fused_grads = _loss_and_grads(model, idx, targets, return_logits=False)
-    assert logits is None  # never built whole
+    _, loss, grads = _loss_and_grads(model, idx, targets, fused=False)
+    head_calls = []  # the fused path must never run lm_head: its (B, T, V) logits are never built whole
+    model.lm_head.register_forward_hook(lambda *_: head_calls.append(1))
+    _, fused, fused_grads = _loss_and_grads(model, idx, targets, fused=True)
+    assert not head_calls and fused.shape == ()
     torch.testing.assert_close(fused, loss, atol=1e-5, rtol=0)
     for name, g in grads.items():  # the tied wte/lm_head gets both of its gradients
         torch.testing.assert_close(fused_grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
@@ -223,8 +263,8 @@ def test_fused_head_loss_skips_ignored_targets_as_cross_entropy_does(tiny_config
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
     targets = torch.randint(0, tiny_config.vocab_size, (2, 8))
     targets[0, :5] = IGNORE_INDEX  # e.g. a prompt that should not be learned
-    _, loss, grads = _loss_and_grads(model, idx, targets, return_logits=True)
-    _, fused, fused_grads = _loss_and_grads(model, idx, targets, return_logits=False)
+    _, loss, grads = _loss_and_grads(model, idx, targets, fused=False)
+    _, fused, fused_grads = _loss_and_grads(model, idx, targets, fused=True)
     torch.testing.assert_close(fused, loss, atol=1e-5, rtol=0)
     for name, g in grads.items():
         torch.testing.assert_close(fused_grads[name], g, atol=1e-6, rtol=1e-5, msg=name)
@@ -237,8 +277,8 @@ def test_fused_head_loss_under_bf16_autocast_in_chunks(tiny_config, chunk_mb, mo
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (3, 10))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 matmuls, fp32 softmax, as autocast runs the plain path
-        _, loss, grads = _loss_and_grads(model, idx, idx, return_logits=True)
-        _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+        _, loss, grads = _loss_and_grads(model, idx, idx, fused=False)
+        _, fused, fused_grads = _loss_and_grads(model, idx, idx, fused=True)
     assert fused.dtype == torch.float32
     torch.testing.assert_close(fused, loss, atol=2e-2, rtol=0)
     for name, g in grads.items():
@@ -250,8 +290,8 @@ def test_fused_head_loss_of_a_bf16_model_without_autocast(tiny_config):
     torch.manual_seed(0)
     model = GPT(tiny_config).to(torch.bfloat16)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
-    _, loss, grads = _loss_and_grads(model, idx, idx, return_logits=True)
-    _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+    _, loss, grads = _loss_and_grads(model, idx, idx, fused=False)
+    _, fused, fused_grads = _loss_and_grads(model, idx, idx, fused=True)
     torch.testing.assert_close(fused.float(), loss.float(), atol=5e-2, rtol=0)
     for name, g in grads.items():
         assert fused_grads[name].dtype == torch.bfloat16, name
@@ -294,9 +334,9 @@ def test_fused_head_loss_computes_no_gradients_under_no_grad(tiny_config, monkey
     scatter_add_ = torch.Tensor.scatter_add_
     monkeypatch.setattr(torch.Tensor, "scatter_add_", lambda *a: scatters.append(1) or scatter_add_(*a))
     with torch.no_grad():  # evaluation: the loss only, no gradients computed
-        torch.testing.assert_close(model(idx, idx, return_logits=False)[1], model(idx, idx)[1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(fused_head_model_loss(model, idx, idx), model(idx, idx)[1], atol=1e-5, rtol=0)
     assert not scatters
-    model(idx, idx, return_logits=False)[1].backward()
+    fused_head_model_loss(model, idx, idx).backward()
     assert scatters
 
 
@@ -305,8 +345,8 @@ def test_fused_head_loss_when_every_target_is_ignored(tiny_config):
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
     targets = torch.full_like(idx, IGNORE_INDEX)
-    _, loss, grads = _loss_and_grads(model, idx, targets, return_logits=True)
-    _, fused, fused_grads = _loss_and_grads(model, idx, targets, return_logits=False)
+    _, loss, grads = _loss_and_grads(model, idx, targets, fused=False)
+    _, fused, fused_grads = _loss_and_grads(model, idx, targets, fused=True)
     assert loss.isnan() and fused.isnan()  # 0 / 0, as F.cross_entropy says
     for name, g in grads.items():  # nothing to learn: zero gradients, not nan
         torch.testing.assert_close(fused_grads[name], g, atol=0, rtol=0, msg=name)
@@ -320,7 +360,7 @@ def test_fused_head_loss_in_float64_matches_to_float64_rounding(tiny_config):
     loss = F.cross_entropy(logits.view(-1, tiny_config.vocab_size), idx.view(-1))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    _, fused, fused_grads = _loss_and_grads(model, idx, idx, return_logits=False)
+    _, fused, fused_grads = _loss_and_grads(model, idx, idx, fused=True)
     assert fused.dtype == torch.float64
     torch.testing.assert_close(fused, loss, atol=1e-12, rtol=0)
     for name, g in grads.items():
@@ -330,7 +370,7 @@ def test_fused_head_loss_in_float64_matches_to_float64_rounding(tiny_config):
 def test_fused_head_loss_refuses_a_second_backward_instead_of_a_wrong_gradient(tiny_config):
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
-    _, loss = model(idx, idx, return_logits=False)
+    loss = fused_head_model_loss(model, idx, idx)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="second backward through the same loss"):
         loss.backward()
@@ -349,6 +389,31 @@ def test_fused_head_loss_rejects_bad_arguments(tiny_config):
         targets[1, 3] = bad
         with pytest.raises(ValueError, match=rf"targets must be token ids in \[0, {tiny_config.vocab_size}\).*got {bad}"):
             fused_head_loss(h, w, targets)
+
+
+def test_fused_head_model_loss_rejects_targets_of_another_shape(tiny_config):
+    idx = torch.zeros(2, 7, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"targets must have the shape of idx \(2, 7\)"):
+        fused_head_model_loss(GPT(tiny_config), idx, torch.zeros(2, 8, dtype=torch.long))
+
+
+def test_fused_head_loss_function_applied_directly_in_chunks_of_three_rows():
+    # FusedHeadLoss is the autograd Function under fused_head_loss: (h (N, C), weight (V, C), targets (N,),
+    # rows per chunk, matmul dtype, grad mode, autocast); 7 rows in chunks of 3 leave a short last chunk
+    torch.manual_seed(0)
+    h, w = torch.randn(7, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
+    targets = torch.randint(0, 11, (7,))
+    loss = F.cross_entropy(h @ w.T, targets)
+    loss.backward()
+    want = loss.detach(), h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    fused = FusedHeadLoss.apply(h, w, targets, 3, torch.float32, True, False)
+    assert type(fused.grad_fn).__name__ == "FusedHeadLossBackward"
+    fused.backward()
+    for got, expected in zip((fused.detach(), h.grad, w.grad), want):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    # and it is what fused_head_loss runs
+    assert type(fused_head_loss(h, w, targets).grad_fn) is type(fused.grad_fn)
 
 
 # ----------------------------------------------------------------------------- weights

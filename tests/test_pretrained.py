@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import gpt_helpers
-from gpt_helpers import GPT, HF_PRETRAINED, load_hf_state_dict
+from gpt_helpers import GPT, HF_PRETRAINED, config_from_hf, load_hf_gpt2, load_hf_state_dict, port
 
 # (n_embd, n_head, n_layer, vocab_size, n_positions): odd sizes, and the real GPT-2 vocabulary
 CONFIGS = {
@@ -122,6 +122,37 @@ def test_export_round_trip(pair, tmp_path):
     idx = some_ids(hf.config.vocab_size, T=9, seed=6)
     with torch.no_grad():
         torch.testing.assert_close(again(idx)[0], ours(idx)[0], atol=0, rtol=0)
+
+
+def test_port_of_the_hf_model_equals_from_pretrained_of_its_directory(pair):
+    hf, ours, directory = pair
+    ported = port(hf)
+    assert isinstance(ported, GPT) and not ported.training and ported.config == ours.config
+    assert ported.lm_head.weight is ported.transformer.wte.weight
+    idx = some_ids(hf.config.vocab_size, T=11, seed=7)
+    with torch.no_grad():
+        logits = ported(idx)[0]
+        assert torch.equal(logits, ours(idx)[0])  # the same weights: bit for bit
+        torch.testing.assert_close(logits, hf(idx).logits, atol=1e-5, rtol=0)
+    # copies, not views of HF's tensors: training one must not change the other
+    hf_storage = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+    assert not hf_storage & {p.untyped_storage().data_ptr() for p in ported.parameters()}
+
+
+def test_load_hf_gpt2_reads_a_local_directory(pair):
+    hf, _, directory = pair
+    loaded = load_hf_gpt2(directory)
+    assert isinstance(loaded, GPT2LMHeadModel)
+    sd, sd_hf = loaded.state_dict(), hf.state_dict()
+    assert all(torch.equal(sd[k], sd_hf[k]) for k in sd_hf)
+
+
+def test_config_from_hf_reads_the_sizes_and_names_an_unsupported_variant():
+    sizes = CONFIGS["odd-48x3x3-v211"]
+    c = config_from_hf(GPT2Config(**sizes))
+    assert (c.n_embd, c.n_head, c.n_layer, c.vocab_size, c.block_size) == (48, 3, 3, 211, 40)
+    with pytest.raises(ValueError, match=r"'my-ckpt': this GPT-2 variant is not supported \(it differs in n_inner\)"):
+        config_from_hf(GPT2Config(**sizes, n_inner=100), "my-ckpt")
 
 
 # ----------------------------------------------------------------------------- the Conv1D transpose

@@ -1,10 +1,11 @@
-"""Training: the LR schedule, AdamW's parameter groups, gradient accumulation, the loop,
-its metrics log, early stopping, checkpoints (atomic, exact resume) and their errors."""
+"""Training: the presets and speed switches, the LR schedule, AdamW's parameter groups, gradient
+accumulation, train_step, the loop, its metrics log, early stopping, checkpoints (atomic, exact
+resume) and their errors, and FastPath (notebook 08's switches) on a CPU."""
 
-import importlib.util
+import copy
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -12,20 +13,31 @@ import torch
 import gpt_helpers
 from gpt_helpers import (
     PRESETS,
+    SPEED_SWITCHES,
     GPT,
     DataLoaderLite,
+    FastPath,
     GPTConfig,
     TrainConfig,
     configure_optimizer,
-    get_lr,
+    estimate_loss,
+    fused_head_model_loss,
     get_preset,
+    get_tf32,
     load_checkpoint,
+    lr_schedule,
+    model_from_checkpoint,
+    model_loss,
+    param_groups,
     preset_name,
-    read_checkpoint,
     read_log,
+    recommended_switches,
+    restore_checkpoint,
     save_checkpoint,
     set_seed,
+    set_tf32,
     train,
+    train_step,
 )
 
 TEXT = (
@@ -57,7 +69,7 @@ def run(cfg, text_file, seed=0, **kwargs):
     set_seed(seed)
     model = GPT(cfg.model)
     loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction)
-    return model, train(model, cfg, train_loader=loader, progress=False, **kwargs)
+    return model, train(model, cfg, train_loader=loader, **kwargs)
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -66,28 +78,51 @@ def run(cfg, text_file, seed=0, **kwargs):
 def test_lr_schedule_boundaries_of_the_gpu_preset():
     cfg = PRESETS["gpu"]
     max_lr, min_lr = cfg.max_lr, cfg.max_lr * cfg.min_lr_ratio
-    assert get_lr(0, cfg) == pytest.approx(max_lr / cfg.warmup_steps)  # > 0: step 0 already learns
-    assert get_lr(0, cfg) > 0
-    assert get_lr(cfg.warmup_steps - 1, cfg) == pytest.approx(max_lr)  # warmup ends at the peak
-    assert get_lr(cfg.warmup_steps, cfg) == pytest.approx(max_lr)
-    assert get_lr(cfg.max_steps, cfg) == pytest.approx(min_lr)
-    assert get_lr(cfg.max_steps + 1, cfg) == pytest.approx(min_lr)
-    assert get_lr(10 * cfg.max_steps, cfg) == pytest.approx(min_lr)
+    assert lr_schedule(0, cfg) == pytest.approx(max_lr / cfg.warmup_steps)  # > 0: step 0 already learns
+    assert lr_schedule(0, cfg) > 0
+    assert lr_schedule(cfg.warmup_steps - 1, cfg) == pytest.approx(max_lr)  # warmup ends at the peak
+    assert lr_schedule(cfg.warmup_steps, cfg) == pytest.approx(max_lr)
+    assert lr_schedule(cfg.max_steps, cfg) == pytest.approx(min_lr)
+    assert lr_schedule(cfg.max_steps + 1, cfg) == pytest.approx(min_lr)
+    assert lr_schedule(10 * cfg.max_steps, cfg) == pytest.approx(min_lr)
     mid = (cfg.warmup_steps + cfg.max_steps) // 2
-    assert get_lr(mid, cfg) == pytest.approx((max_lr + min_lr) / 2)  # cosine: halfway at the midpoint
-    warm = [get_lr(s, cfg) for s in range(cfg.warmup_steps)]
-    decay = [get_lr(s, cfg) for s in range(cfg.warmup_steps, cfg.max_steps + 1)]
+    assert lr_schedule(mid, cfg) == pytest.approx((max_lr + min_lr) / 2)  # cosine: halfway at the midpoint
+    warm = [lr_schedule(s, cfg) for s in range(cfg.warmup_steps)]
+    decay = [lr_schedule(s, cfg) for s in range(cfg.warmup_steps, cfg.max_steps + 1)]
     assert all(a < b for a, b in zip(warm, warm[1:]))
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert min(decay) >= min_lr - 1e-12 and max(warm + decay) <= max_lr + 1e-12
 
 
-def test_gpu_preset_is_the_original_run():
+def test_gpu_preset_is_the_original_run_with_the_fast_path():
     cfg = PRESETS["gpu"]
-    assert cfg == TrainConfig() and cfg.model == GPTConfig()
+    # TrainConfig() is the original run on the plain path; the gpu preset adds notebook 08's switches,
+    # all but the fused head (a compiled model gets Inductor's fused loss instead)
+    assert cfg == replace(TrainConfig(), tf32=True, autocast=True, compile=True, fused_adamw=True)
+    assert cfg != TrainConfig() and cfg.model == GPTConfig() and not cfg.fused_head
     assert (cfg.max_lr, cfg.weight_decay, cfg.beta1, cfg.beta2) == (6e-4, 0.1, 0.9, 0.95)
     assert (cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio) == (500, 10_000, 0.1)
     assert (cfg.grad_accum_steps, cfg.grad_clip, cfg.target_loss) == (4, 1.0, 0.099)
+
+
+def test_speed_switches_are_off_by_default_and_in_the_cpu_and_smoke_presets():
+    assert SPEED_SWITCHES == ("tf32", "autocast", "compile", "fused_adamw", "fused_head")
+    for cfg in (TrainConfig(), PRESETS["cpu"], PRESETS["smoke"], get_preset("smoke")):
+        assert not any(getattr(cfg, name) for name in SPEED_SWITCHES)  # the plain path
+    assert get_preset("smoke", fused_head=True).fused_head  # a switch is a field like any other
+
+
+def test_recommended_switches_per_device(monkeypatch):
+    # a CPU: only the fused head (compiling there takes minutes for a tie, notebook 08)
+    assert recommended_switches("cpu") == {"tf32": False, "autocast": False, "compile": False,
+                                           "fused_adamw": False, "fused_head": True}
+    # CUDA: everything; compiled, the plain loss (Inductor fuses it) instead of the fused head
+    monkeypatch.setattr(gpt_helpers, "can_compile", lambda device: True)
+    assert recommended_switches("cuda") == {"tf32": True, "autocast": True, "compile": True,
+                                            "fused_adamw": True, "fused_head": False}
+    monkeypatch.setattr(gpt_helpers, "can_compile", lambda device: False)  # no Triton: no compile
+    assert recommended_switches("cuda:0") == {"tf32": True, "autocast": True, "compile": False,
+                                              "fused_adamw": True, "fused_head": True}
 
 
 def test_preset_choice_and_overrides(monkeypatch):
@@ -124,7 +159,7 @@ def test_weight_decay_only_on_matrices_and_embeddings(tiny_config):
     opt = configure_optimizer(model, tiny_run())
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert opt.defaults["betas"] == (0.9, 0.95) and not opt.defaults.get("fused")  # fused is for CUDA
+    assert opt.defaults["betas"] == (0.9, 0.95) and not opt.defaults.get("fused")  # fused_adamw is off
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     kept = {names[id(p)] for p in no_decay["params"]}
@@ -134,6 +169,37 @@ def test_weight_decay_only_on_matrices_and_embeddings(tiny_config):
     assert all(n.endswith(".weight") for n in decayed)
     assert all(n.endswith(".bias") or ".ln_" in n or "ln_f" in n for n in kept)
     assert {n for n in names.values() if n.endswith(".bias") or "ln_" in n} == kept
+
+
+def test_param_groups_decay_every_matrix_and_count_the_tied_one_once(tiny_config):
+    model = GPT(tiny_config)
+    decay, no_decay = param_groups(model, 0.25)
+    assert decay["weight_decay"] == 0.25 and no_decay["weight_decay"] == 0.0
+    tensors = list(model.parameters())  # the tied wte/lm_head matrix is listed once
+    L = tiny_config.n_layer  # per block 4 matrices and 8 vectors; wte, wpe; ln_f's 2 vectors
+    assert (len(decay["params"]), len(no_decay["params"])) == (4 * L + 2, 8 * L + 2)
+    assert [id(p) for p in decay["params"]] == [id(p) for p in tensors if p.dim() >= 2]
+    assert [id(p) for p in no_decay["params"]] == [id(p) for p in tensors if p.dim() < 2]
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    assert sum(p is model.lm_head.weight for p in decay["params"]) == 1  # wte is the same tensor
+    counted = sum(p.numel() for p in decay["params"]) + sum(p.numel() for p in no_decay["params"])
+    assert counted == model.num_parameters()
+    # a frozen tensor is left out: AdamW has nothing to do with it
+    model.transformer.wpe.weight.requires_grad_(False)
+    assert all(p is not model.transformer.wpe.weight for g in param_groups(model, 0.1) for p in g["params"])
+
+
+def test_configure_optimizer_uses_param_groups_and_the_fused_adamw_switch(tiny_config):
+    model = GPT(tiny_config)
+    cfg = tiny_run(weight_decay=0.05, max_lr=3e-3)
+    opt = configure_optimizer(model, cfg)
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == \
+        [[id(p) for p in g["params"]] for g in param_groups(model, cfg.weight_decay)]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert opt.defaults["lr"] == 3e-3 and opt.defaults["eps"] == 1e-8 and not opt.defaults.get("fused")
+    fused = configure_optimizer(model, replace(cfg, fused_adamw=True), "cpu")  # torch has a fused CPU AdamW
+    assert fused.defaults["fused"] is True
+    assert not configure_optimizer(model, replace(cfg, fused_adamw=True), "mps").defaults.get("fused")
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -161,15 +227,121 @@ def test_train_step_with_accumulation_matches_one_big_batch(text_file):
     assert small[0]["grad_norm"] == pytest.approx(big[0]["grad_norm"], rel=1e-5)
 
 
+def hand_written_step(model, optimizer, loader, cfg, step):
+    """train_step written out: the LR, K micro-batches' cross-entropy / K, clip, AdamW."""
+    lr = lr_schedule(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad()
+    total = 0.0
+    for _ in range(cfg.grad_accum_steps):
+        x, y = loader.next_batch()
+        logits, _ = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1))
+        (loss / cfg.grad_accum_steps).backward()
+        total += loss.item() / cfg.grad_accum_steps
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return total, norm.item(), lr
+
+
+def three_copies(cfg, text_file):
+    set_seed(0)
+    model = GPT(cfg.model)
+    models = [model, copy.deepcopy(model), copy.deepcopy(model)]
+    optimizers = [configure_optimizer(m, cfg) for m in models]
+    loaders = [DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=0.0) for _ in models]
+    return models, optimizers, loaders
+
+
+def test_train_step_equals_a_hand_written_step_with_accumulation(text_file):
+    # K = 2; a low grad_clip so that clipping acts; steps 0 and 1 warm up, step 2 decays
+    cfg = tiny_run(grad_accum_steps=2, grad_clip=0.5, val_fraction=0.0)
+    (ours, theirs, fused), (opt, opt_ref, opt_fused), (loader, loader_ref, loader_fused) = three_copies(cfg, text_file)
+    for step in range(3):
+        loss, norm, lr = train_step(ours, opt, loader, cfg, step)
+        ref_loss, ref_norm, ref_lr = hand_written_step(theirs, opt_ref, loader_ref, cfg, step)
+        assert isinstance(loss, float) and isinstance(norm, float)
+        assert lr == lr_schedule(step, cfg) == ref_lr and [g["lr"] for g in opt.param_groups] == [lr, lr]
+        assert loss == pytest.approx(ref_loss, abs=1e-6) and norm == pytest.approx(ref_norm, abs=1e-6)
+        assert norm > cfg.grad_clip  # the clip mattered
+        for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+        # the fused head + loss: the same step up to float rounding
+        f_loss, f_norm, f_lr = train_step(fused, opt_fused, loader_fused, cfg, step, loss_fn=fused_head_model_loss)
+        assert f_lr == lr and f_loss == pytest.approx(loss, abs=1e-5) and f_norm == pytest.approx(norm, abs=1e-5)
+        for (name, p), q in zip(ours.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(q, p, atol=1e-5, rtol=0, msg=name)
+    assert loader.position == loader_ref.position == 3 * 2 * cfg.batch_size * cfg.seq_len  # K batches a step
+
+
+def test_train_step_uses_the_loss_fn_and_autocast_it_is_given(text_file):
+    cfg = tiny_run(val_fraction=0.0)
+    (model, *_), (opt, *_), (loader, *_) = three_copies(cfg, text_file)
+    calls, entered = [], []
+
+    def loss_fn(m, x, y):
+        calls.append(tuple(x.shape))
+        return model_loss(m, x, y)
+
+    class Context:
+        def __enter__(self):
+            entered.append(1)
+
+        def __exit__(self, *exc):
+            return False
+
+    train_step(model, opt, loader, cfg, 0, loss_fn=loss_fn, autocast=Context)
+    assert calls == [(cfg.batch_size, cfg.seq_len)] * cfg.grad_accum_steps
+    assert len(entered) == cfg.grad_accum_steps
+
+
+def test_estimate_loss_averages_the_first_batches_every_time(text_file):
+    cfg = tiny_run(val_fraction=0.0)
+    set_seed(0)
+    model = GPT(cfg.model)
+    loader = DataLoaderLite(2, 16, path=text_file, val_fraction=0.0)
+    with torch.no_grad():
+        expected = sum(model(*loader.next_batch())[1].item() for _ in range(3)) / 3
+    loader.next_batch()  # wherever the loader is, it starts over
+    assert estimate_loss(model, loader, 3) == pytest.approx(expected, abs=1e-6)
+    assert estimate_loss(model, loader, 3) == pytest.approx(expected, abs=1e-6)
+    assert estimate_loss(model, loader, 3, loss_fn=fused_head_model_loss) == pytest.approx(expected, abs=1e-5)
+
+
+def test_train_calls_train_step_once_a_step(text_file, monkeypatch):
+    calls = []
+    real = gpt_helpers.train_step
+
+    def counting(*args, **kwargs):
+        calls.append(args[4])  # the step
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpt_helpers, "train_step", counting)
+    _, history = run(tiny_run(max_steps=3), text_file)
+    assert calls == [0, 1, 2] and [r["step"] for r in history] == [0, 1, 2]
+
+
+def test_train_hands_every_record_to_its_callbacks(text_file):
+    seen, also = [], []
+    _, history = run(tiny_run(max_steps=4), text_file, callbacks=[seen.append, also.append])
+    assert seen == history == also and [r["step"] for r in seen] == [0, 1, 2, 3]
+
+
 def test_the_fused_loss_trains_as_the_plain_loss(text_file, monkeypatch):
-    # on the CPU train() uses the fused head + loss by default: same run, up to float rounding
+    # train() follows cfg.fused_head (off by default, and in the cpu and smoke presets): same run,
+    # up to float rounding
     calls = []
     fused_head_loss = gpt_helpers.fused_head_loss
     monkeypatch.setattr(gpt_helpers, "fused_head_loss", lambda *a, **k: calls.append(1) or fused_head_loss(*a, **k))
-    _, fused = run(tiny_run(), text_file)
+    _, fused = run(tiny_run(fused_head=True), text_file)
     n_fused = len(calls)
-    _, plain = run(tiny_run(), text_file, fused_loss=False)
-    assert n_fused > 0 and len(calls) == n_fused  # the default used it, fused_loss=False did not
+    _, plain = run(tiny_run(), text_file)
+    assert n_fused > 0 and len(calls) == n_fused  # fused_head=True used it, the default did not
+    # training steps and evaluations both: 2 micro-batches a step, eval_iters batches per evaluation
+    cfg = tiny_run()
+    evaluations = sum(r["val_loss"] is not None for r in fused)
+    assert n_fused == cfg.max_steps * cfg.grad_accum_steps + evaluations * cfg.eval_iters
     for a, b in zip(fused, plain):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3)
@@ -178,7 +350,7 @@ def test_the_fused_loss_trains_as_the_plain_loss(text_file, monkeypatch):
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
 
 
-def test_train_runs_a_model_whose_forward_has_no_return_logits(text_file):
+def test_train_runs_a_model_that_is_not_a_gpt_on_the_plain_path_only(text_file):
     class Wrapped(torch.nn.Module):  # e.g. a student's own module around the GPT
         def __init__(self, config):
             super().__init__()
@@ -191,10 +363,10 @@ def test_train_runs_a_model_whose_forward_has_no_return_logits(text_file):
     set_seed(0)
     model = Wrapped(cfg.model)
     loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction)
-    history = train(model, cfg, train_loader=loader, progress=False)  # the plain loss: no fused path to ask for
+    history = train(model, cfg, train_loader=loader)  # the plain loss: model(x, y)[1]
     assert [r["step"] for r in history] == [0, 1, 2] and history[0]["val_loss"] is not None
-    with pytest.raises(ValueError, match="fused_loss=True needs gpt_helpers.GPT"):
-        train(model, cfg, train_loader=loader, progress=False, fused_loss=True)
+    with pytest.raises(ValueError, match="fused_head=True needs gpt_helpers.GPT .*got Wrapped.*fused_head=False"):
+        train(model, replace(cfg, fused_head=True), train_loader=loader)
 
 
 # ----------------------------------------------------------------------------- the loop and its log
@@ -208,7 +380,7 @@ def test_metrics_log_has_one_record_per_step(text_file, tmp_path):
     assert [r["step"] for r in log] == list(range(cfg.max_steps))
     for r in log:
         assert set(r) == LOG_KEYS
-        assert r["lr"] == pytest.approx(get_lr(r["step"], cfg))
+        assert r["lr"] == pytest.approx(lr_schedule(r["step"], cfg))
         assert math.isfinite(r["loss"]) and r["grad_norm"] > 0 and r["tokens_per_sec"] > 0
     evaluated = [r["step"] for r in log if r["val_loss"] is not None]
     assert evaluated == [0, 3, 6, 7]  # every eval_interval, and the last step
@@ -223,7 +395,7 @@ def test_early_stop_at_the_target_loss(text_file, tmp_path):
     assert len(history) < cfg.max_steps
     assert history[-1]["loss"] <= cfg.target_loss
     assert all(r["loss"] > cfg.target_loss for r in history[:-1])
-    assert read_checkpoint(tmp_path / "run" / "ckpt.pt")["step"] == history[-1]["step"]
+    assert load_checkpoint(tmp_path / "run" / "ckpt.pt")["step"] == history[-1]["step"]
 
 
 def test_read_log_drops_the_steps_a_resume_redoes(tmp_path):
@@ -249,20 +421,8 @@ def test_diverged_loss_stops_before_saving(text_file, tmp_path):
         model.transformer.ln_f.weight.fill_(float("nan"))
     loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction)
     with pytest.raises(FloatingPointError, match="diverged"):
-        train(model, cfg, train_loader=loader, out_dir=tmp_path / "run", progress=False)
+        train(model, cfg, train_loader=loader, out_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "ckpt.pt").exists()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed")
-def test_tensorboard_without_the_package_says_how_to_install_it(text_file, tmp_path):
-    with pytest.raises(ImportError, match="pip install tensorboard"):
-        run(tiny_run(), text_file, out_dir=tmp_path / "run", tensorboard=True)
-    assert not (tmp_path / "run").exists()  # nothing was started
-
-
-def test_tensorboard_needs_an_out_dir(text_file):
-    with pytest.raises(ValueError, match="needs an out_dir"):
-        run(tiny_run(), text_file, tensorboard=True)
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume
@@ -273,7 +433,7 @@ def test_resume_continues_exactly(text_file, tmp_path):
     model_a, whole = run(cfg, text_file, out_dir=tmp_path / "a")
     _, first = run(cfg, text_file, out_dir=tmp_path / "b", stop_after=3)
     assert [r["step"] for r in first] == [0, 1, 2, 3]
-    assert read_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == 3
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == 3
     # a fresh process would build a fresh model: its other seed must not matter
     model_b, rest = run(cfg, text_file, seed=123, out_dir=tmp_path / "b", resume=True)
     assert [r["step"] for r in rest] == [4, 5, 6, 7]
@@ -291,7 +451,7 @@ def test_resume_continues_exactly(text_file, tmp_path):
 def test_checkpoint_holds_everything_a_resume_needs(text_file, tmp_path):
     cfg = tiny_run()
     run(cfg, text_file, out_dir=tmp_path, stop_after=1)
-    state = read_checkpoint(tmp_path / "ckpt.pt")
+    state = load_checkpoint(tmp_path / "ckpt.pt")
     assert state["step"] == 1
     assert state["model_config"] == asdict(cfg.model) and state["train_config"] == asdict(cfg)
     assert state["optimizer"]["state"] and state["scaler"] is None  # no grad scaler on CPU
@@ -326,11 +486,62 @@ def test_checkpoint_errors_name_the_problem(tiny_config, tmp_path):
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(ValueError, match="not a checkpoint of this course"):
         load_checkpoint(foreign)
+    for bad, error, message in ((tmp_path / "missing.pt", FileNotFoundError, "not found"),
+                                (junk, ValueError, "not a readable checkpoint"),
+                                (foreign, ValueError, "not a checkpoint of this course")):
+        with pytest.raises(error, match=message):  # model_from_checkpoint reads through load_checkpoint
+            model_from_checkpoint(bad)
     path = save_checkpoint(tmp_path / "ckpt.pt", GPT(tiny_config), step=0)
     other = GPTConfig(**(asdict(tiny_config) | {"n_layer": 3}))
-    with pytest.raises(ValueError, match="different model.*n_layer: checkpoint 2, model 3"):
-        load_checkpoint(path, GPT(other))
-    assert load_checkpoint(path)["model"].config == tiny_config  # model=None builds the saved one
+    with pytest.raises(ValueError, match=r"different model.*n_layer: checkpoint 2, model 3\): build the model "
+                                         r"with the checkpoint's config \(model_from_checkpoint does\)"):
+        restore_checkpoint(load_checkpoint(path), path, GPT(other))
+    assert model_from_checkpoint(path).config == tiny_config  # builds the saved one
+
+
+def test_restore_checkpoint_refuses_a_different_train_config(tmp_path):
+    cfg = tiny_run()
+    model = GPT(cfg.model)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, configure_optimizer(model, cfg), step=0, train_config=cfg)
+    state = load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"ckpt\.pt' was trained with a different TrainConfig \(max_lr: checkpoint "
+                                         r"0\.01, now 0\.003\): resume with the checkpoint's settings"):
+        restore_checkpoint(state, path, GPT(cfg.model), train_config=replace(cfg, max_lr=3e-3))
+    # what a resume may change (evaluation, saving, stopping, the speed switches) is not a difference
+    relaxed = replace(cfg, eval_interval=5, target_loss=1.0, fused_head=True, fused_adamw=True)
+    restore_checkpoint(state, path, GPT(cfg.model), train_config=relaxed)
+
+
+def test_restore_checkpoint_and_model_from_checkpoint_round_trip(text_file, tmp_path):
+    cfg = tiny_run(val_fraction=0.0)
+    (model, *_), (opt, *_), (loader, *_) = three_copies(cfg, text_file)
+    for step in range(2):
+        train_step(model, opt, loader, cfg, step)
+    torch.manual_seed(42)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model, opt, step=1, train_config=cfg, loaders={"train": loader})
+    next_draw = torch.rand(3)  # what the RNG gives right after the save
+    idx = torch.randint(0, cfg.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(idx)[0]
+        # model_from_checkpoint: the saved GPT, bit for bit
+        built = model_from_checkpoint(path)
+        assert built.config == cfg.model and torch.equal(built(idx)[0], logits)
+    # restore_checkpoint: weights, optimizer, data position and RNG, into a fresh run
+    set_seed(123)
+    fresh = GPT(cfg.model)
+    fresh_opt = configure_optimizer(fresh, cfg)
+    fresh_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=0.0)
+    state = load_checkpoint(path)
+    assert state["step"] == 1
+    restore_checkpoint(state, path, fresh, fresh_opt, {"train": fresh_loader}, train_config=cfg)
+    assert torch.equal(torch.rand(3), next_draw)
+    assert fresh_loader.position == loader.position
+    with torch.no_grad():
+        assert torch.equal(fresh(idx)[0], logits)
+    # and the next step is the one the saved run takes
+    assert train_step(fresh, fresh_opt, fresh_loader, cfg, 2) == train_step(model, opt, loader, cfg, 2)
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
+        assert torch.equal(p, q), name
 
 
 def test_resume_with_other_settings_is_refused(text_file, tmp_path):
@@ -387,12 +598,61 @@ def test_an_interrupted_run_saves_its_last_finished_step_and_resumes_exactly(tex
     loader = InterruptingLoader(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction,
                                 interrupt_at=interrupt_at)
     with pytest.raises(KeyboardInterrupt):
-        train(GPT(cfg.model), cfg, train_loader=loader, out_dir=tmp_path / "b", progress=False)
+        train(GPT(cfg.model), cfg, train_loader=loader, out_dir=tmp_path / "b")
     finished = (interrupt_at - 1) // cfg.grad_accum_steps - 1  # the last step whose update went through
-    assert read_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == finished
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == finished
     _, rest = run(cfg, text_file, seed=123, out_dir=tmp_path / "b", resume=True)
     assert [r["step"] for r in rest] == list(range(finished + 1, cfg.max_steps))
     assert [r["loss"] for r in rest] == [r["loss"] for r in whole[finished + 1:]]  # bitwise on CPU
+
+
+# ----------------------------------------------------------------------------- the fast path
+
+
+def test_fast_path_on_a_cpu(tiny_config):
+    model = GPT(tiny_config)
+    before = get_tf32()
+    try:
+        set_tf32((True, False))  # whatever it was, close() puts back
+        # every switch on but compile: on a CPU only the fused head and fused AdamW apply
+        cfg = replace(tiny_run(), tf32=True, autocast=True, fused_adamw=True, fused_head=True)
+        fast = FastPath(model, cfg, "cpu")
+        assert fast.model is model  # not compiled: the very same module
+        assert fast.loss_fn is fused_head_model_loss and fast.scaler is None and fast.amp_dtype is None
+        assert fast.step_args == {"device": torch.device("cpu"), "loss_fn": fused_head_model_loss,
+                                  "autocast": fast.autocast}
+        assert get_tf32() == (True, False)  # TF32 is a CUDA switch: untouched here
+        idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
+        with fast.autocast():  # a no-op context on a CPU: fp32 throughout
+            assert not torch.is_autocast_enabled("cpu")
+            assert model(idx)[0].dtype == torch.float32
+        fast.synchronize()  # nothing to wait for, and no error
+        set_tf32(False)  # e.g. a notebook cell in between
+        fast.close()
+        assert get_tf32() == (True, False)
+        plain = FastPath(model, tiny_run(), "cpu")  # every switch off
+        assert plain.model is model and plain.loss_fn is model_loss
+        plain.close()
+    finally:
+        set_tf32(before)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")  # importing torch.compile
+def test_fast_path_compiles_and_then_keeps_the_plain_loss(tiny_config):
+    model = GPT(tiny_config)
+    fast = FastPath(model, tiny_run(compile=True, fused_head=True), "cpu")  # torch.compile is lazy: cheap here
+    try:
+        assert fast.model is not model and gpt_helpers.unwrap(fast.model) is model
+        assert fast.loss_fn is model_loss  # compiled, Inductor fuses the plain loss
+    finally:
+        fast.close()
+
+
+def test_fast_path_refuses_the_fused_head_for_a_model_that_is_not_a_gpt():
+    with pytest.raises(ValueError, match=r"fused_head=True needs gpt_helpers.GPT .*got Linear: "
+                                         r"set TrainConfig.fused_head=False"):
+        FastPath(torch.nn.Linear(2, 2), tiny_run(fused_head=True), "cpu")
+    FastPath(torch.nn.Linear(2, 2), tiny_run(), "cpu").close()  # the plain path takes any model
 
 
 def test_autocast_dtype_follows_the_gpu_generation(monkeypatch):

@@ -11,7 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt_helpers import check_device, compare, get_device, get_preset, preset_name, set_seed
+from gpt_helpers import (
+    check_device,
+    compare,
+    first_line,
+    get_device,
+    get_preset,
+    is_number,
+    is_positive_int,
+    preset_name,
+    rng_state,
+    set_rng_state,
+    set_seed,
+    unwrap,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +95,40 @@ def test_compare_accepts_numbers_and_lists(capsys):
     compare("count", 3, 3)
     compare("ids", [1, 2, 3], torch.tensor([1, 2, 3]))
     assert capsys.readouterr().out.count("OK") == 2
+
+
+# ----------------------------------------------------------------------------- small public helpers
+
+
+def test_is_positive_int_and_is_number_refuse_bools_and_strings():
+    assert [is_positive_int(v) for v in (1, 7, 0, -3, True, 2.0, "3", None)] == [True, True] + [False] * 6
+    assert [is_number(v) for v in (0, -1, 1.5, float("nan"), True, "1", None)] == [True] * 4 + [False] * 3
+
+
+def test_first_line_of_an_exception():
+    assert first_line(OSError("Failed to resolve host\nretrying...\n")) == "Failed to resolve host"
+    assert first_line(ValueError("\n  one line  ")) == "one line"
+    assert first_line(RuntimeError()) == ""
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")  # importing torch.compile
+def test_unwrap_gives_the_module_under_torch_compile(tiny_config):
+    from gpt_helpers import GPT
+
+    model = GPT(tiny_config)
+    assert unwrap(model) is model
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert compiled is not model and unwrap(compiled) is model
+    assert list(unwrap(compiled).state_dict()) == list(model.state_dict())  # no _orig_mod. prefix
+
+
+def test_rng_state_round_trip_repeats_torch_and_python_draws():
+    set_seed(5)
+    state = rng_state()
+    a, ra = torch.rand(3), random.random()
+    torch.rand(10), random.random()  # move on
+    set_rng_state(state)
+    assert torch.equal(torch.rand(3), a) and random.random() == ra
 
 
 # ----------------------------------------------------------------------------- the preset the tests use
