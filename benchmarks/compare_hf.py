@@ -6,7 +6,7 @@
 HF's model is gpt_helpers.to_hf of ours (the same weights). The switches are the best that apply
 on the device (gpt_helpers.recommended_switches; --compile-cpu compiles off CUDA too), with the
 model's own attention and the padded vocab, as at the bottom of train_speed.py's ladder. Both
-models train through gpt_helpers.train_step, timed as train_speed.py times a rung (its Run and
+models train through gpt_helpers.train_step, timed as train_speed.py times a rung (its TimedTraining and
 time_steps), their steps taking turns. HF's loss comes from its labels= argument and the whole
 logits; the fused head, where it is on, is ours only.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: gpt_helpers is one folder up
 
 from benchmarks.train_speed import (  # noqa: E402
-    Run, fixed_batch, header, parse_args, setup, table, time_steps, write_json)
+    TimedTraining, fixed_batch, header, parse_args, setup, table, time_steps, write_json)
 from gpt_helpers import IGNORE_INDEX, get_tf32, recommended_switches, set_tf32, to_hf  # noqa: E402
 
 
@@ -42,8 +42,8 @@ def main(argv=None):
             for key, name in (("ours", "our GPT"), ("hf", "HF GPT2LMHeadModel"))]
     tf32 = get_tf32()
     try:
-        ours = Run(build, cfg, args.device, (x, y), args.warmup)
-        hf = Run(lambda: to_hf(build()).train(), hf_cfg, args.device, (x, y), args.warmup, loss_fn=hf_loss)
+        ours = TimedTraining(build, cfg, args.device, (x, y), args.warmup)
+        hf = TimedTraining(lambda: to_hf(build()).train(), hf_cfg, args.device, (x, y), args.warmup, loss_fn=hf_loss)
         time_steps([(rows[0], ours), (rows[1], hf)], args.steps, args.peak_tflops)
     finally:
         set_tf32(tf32)

@@ -91,7 +91,7 @@ def memory_meter(device):
         return lambda: None  # not measured
 
 
-class Run:
+class TimedTraining:
     """A model training on a fixed batch, each step gpt_helpers.train_step with cfg's switches
     applied by FastPath (loss_fn: another loss). Warmed up at once, so its peak memory is its own."""
 
@@ -152,7 +152,7 @@ def ladder(args) -> list[dict]:
             trial = on | ({key: True} if key != "original" else {})
             cfg, build = setup(args, trial)
             try:
-                run = Run(build, cfg, args.device, batch, args.warmup)
+                run = TimedTraining(build, cfg, args.device, batch, args.warmup)
             except Exception as e:  # a rung that breaks (compiling, memory) must not hide the others
                 row.update(status="failed", reason=f"{type(e).__name__}: {first_line(e)[:120]}")
                 continue
