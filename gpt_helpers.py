@@ -492,6 +492,10 @@ def train_step(model, optimizer, loader, cfg, step, *, device="cpu", loss_fn=mod
             loss = loss_fn(model, x, y) / cfg.grad_accum_steps  # the sum of the parts is the mean
         loss_accum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
         (scaler.scale(loss) if scaler else loss).backward()
+    loss = loss_accum.item()  # the one wait for the device in a step
+    if not math.isfinite(loss):  # stop before a diverged update reaches the weights
+        raise FloatingPointError(f"the loss is {loss} at step {step}: training diverged; lower max_lr or "
+                                 "raise warmup_steps (the weights are those from before this step)")
     if scaler:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -500,7 +504,7 @@ def train_step(model, optimizer, loader, cfg, step, *, device="cpu", loss_fn=mod
         scaler.update()
     else:
         optimizer.step()
-    return loss_accum.item(), norm.item(), lr
+    return loss, norm.item(), lr
 
 @torch.no_grad()
 def estimate_loss(model, loader, iters: int, *, device="cpu", loss_fn=model_loss, autocast=nullcontext) -> float:
@@ -1273,21 +1277,18 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
     cfg's speed switches (notebook 08) are applied where this device supports them."""
     device = torch.device(device)
     loaders = default_loaders(cfg, train_loader, val_loader)
-    run = RunFolder(out_dir, resume)  # checks the folder before anything is built or written
-    fast = FastPath(model.to(device), cfg, device)
-    optimizer = configure_optimizer(model, cfg, device.type)
-    history, done, step, at_start, t_start = [], None, None, None, time.time()  # done: last step in the weights
+    history, fast, run, done, step, at_start = [], None, None, None, None, None  # done: last step in the weights
     try:
+        fast = FastPath(model.to(device), cfg, device)  # checks the switches before anything is written
+        run = RunFolder(out_dir, resume)  # checks the folder before anything is written
+        optimizer = configure_optimizer(model, cfg, device.type)
         start, elapsed = run.start(model, optimizer, loaders, fast.scaler, cfg)
         t_start = time.time() - elapsed
         for step in range(start, cfg.max_steps):
             # one optimizer step: notebook 05's train_step; its data starts where the loaders are now
             at_start, t0 = {k: v.state_dict() for k, v in loaders.items()}, time.time()
             loss, norm, lr = train_step(fast.model, optimizer, loaders["train"], cfg, step,
-                                        scaler=fast.scaler, **fast.step_args)
-            if not math.isfinite(loss):  # stop before a diverged model overwrites the checkpoint
-                raise FloatingPointError(f"the loss is {loss} at step {step}: training diverged; lower "
-                                         "max_lr or raise warmup_steps (the last checkpoint is intact)")
+                                        scaler=fast.scaler, **fast.step_args)  # raises if diverged
             done = step
             fast.synchronize()
             tokens = loaders["train"].B * loaders["train"].T * cfg.grad_accum_steps
@@ -1308,16 +1309,18 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
             if loss <= cfg.target_loss or step == stop_after:
                 break
     except KeyboardInterrupt:  # Ctrl-C, or a notebook's stop button: keep what the run has done
-        save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, fast.scaler, t_start)
+        if done is not None:
+            save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, fast.scaler, t_start)
         raise
     finally:
-        fast.close()
-        run.close()
+        for part in (fast, run):
+            if part is not None:
+                part.close()
     return history
 
 def save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, scaler, t_start):
     """On Ctrl-C: save the last finished step; the interrupted step's batches are read again on resume."""
-    if run.ckpt is None or done is None:
+    if run.ckpt is None:
         return
     if done < step:  # stopped mid-step: rewind the loaders to where that step began
         for name, loader in loaders.items():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import gpt_helpers as gh
@@ -176,6 +176,8 @@ def finish(history, cfg, model, args, out_dir: Path):
         print(f"nothing to do: the run in {out_dir}/ had already reached max_steps {cfg.max_steps}")
         return
     last = history[-1]
+    if last["loss"] <= cfg.target_loss:
+        print(f"reached the target loss {cfg.target_loss} at step {last['step']}")
     print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"
           + (f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
           + f", {last['elapsed']:.0f} s in all")

@@ -664,3 +664,22 @@ def test_autocast_dtype_follows_the_gpu_generation(monkeypatch):
     assert autocast_dtype("cuda") == torch.float16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert autocast_dtype("cuda") == torch.bfloat16
+
+
+def test_a_diverged_step_leaves_the_weights_and_optimizer_as_they_were(text_file):
+    cfg = tiny_run()
+    set_seed(0)
+    model = GPT(cfg.model)
+    optimizer = gpt_helpers.configure_optimizer(model, cfg)
+    loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file, val_fraction=cfg.val_fraction)
+    gpt_helpers.train_step(model, optimizer, loader, cfg, 0)  # one good step: AdamW has moments now
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in optimizer.state.values()]
+
+    def nan_loss(m, x, y):
+        return gpt_helpers.model_loss(m, x, y) * float("nan")
+
+    with pytest.raises(FloatingPointError, match="diverged.*weights are those from before this step"):
+        gpt_helpers.train_step(model, optimizer, loader, cfg, 1, loss_fn=nan_loss)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(a, s["exp_avg"]) for a, s in zip(moments, optimizer.state.values()))
