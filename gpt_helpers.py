@@ -1170,8 +1170,9 @@ def recommended_switches(device) -> dict:
 class FastPath:
     """cfg's speed switches applied to a model on a device, as far as the device allows.
 
-    .model is what to run (compiled or not), .step_args what train_step and estimate_loss take
-    (device, loss_fn, autocast; train_step also takes scaler=.scaler); close() puts TF32 back."""
+    .model is what to run (.compiled, .tf32 and .amp_dtype say what applied here); .step_args what
+    train_step and estimate_loss take (device, loss_fn, autocast; train_step also takes
+    scaler=.scaler); close() puts TF32 back."""
 
     def __init__(self, model, cfg: TrainConfig, device):
         self.device = torch.device(device)
@@ -1184,12 +1185,10 @@ class FastPath:
             set_tf32(cfg.tf32)  # TF32 tensor cores for fp32 matmuls
         self.amp_dtype = autocast_dtype(self.device) if cfg.autocast else None
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        compiled = cfg.compile and can_compile(self.device)
-        self.model = torch.compile(model) if compiled else model  # same parameters, compiled forward
-        self.loss_fn = fused_head_model_loss if cfg.fused_head and not compiled else model_loss
-        self.used = {"tf32": cuda and cfg.tf32, "autocast": self.amp_dtype, "compile": compiled,
-                     "fused_adamw": cfg.fused_adamw and self.device.type in ("cuda", "cpu"),
-                     "fused_head": self.loss_fn is fused_head_model_loss}
+        self.tf32 = cuda and cfg.tf32
+        self.compiled = cfg.compile and can_compile(self.device)
+        self.model = torch.compile(model) if self.compiled else model  # same parameters, compiled forward
+        self.loss_fn = fused_head_model_loss if cfg.fused_head and not self.compiled else model_loss
 
     def autocast(self):
         if self.amp_dtype is None:

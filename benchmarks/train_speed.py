@@ -101,7 +101,7 @@ class TimedTraining:
         self.fast = FastPath(model := build().to(device), cfg, device)
         self.optimizer = configure_optimizer(model, cfg, device.type)
         self.args = self.fast.step_args | ({"loss_fn": loss_fn} if loss_fn else {})
-        for _ in range(max(warmup, 2 if self.fast.used["compile"] else 1)):  # compiling is never timed
+        for _ in range(max(warmup, 2 if self.fast.compiled else 1)):  # compiling is never timed
             self.step(timed=False)
         self.peak_mib = peak_mib()
 
@@ -122,7 +122,7 @@ class TimedTraining:
 
     def close(self):  # TF32 back as it was before this run, and the memory free for the next
         self.fast.close()
-        if self.fast.used["compile"]:
+        if self.fast.compiled:
             torch.compiler.reset()
         del self.fast, self.optimizer, self.args
 

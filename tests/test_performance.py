@@ -126,7 +126,7 @@ def test_fast_path_on_cuda_picks_autocast_and_scaler_and_restores_tf32(tiny_conf
         set_tf32(False)
         fast = FastPath(GPT(tiny_config), cfg, "cuda")
         assert get_tf32() == (True, True)
-        assert fast.amp_dtype == dtype and fast.used["autocast"] == dtype and fast.used["tf32"]
+        assert fast.amp_dtype == dtype and fast.tf32
         assert (fast.scaler is not None) == (dtype == torch.float16)  # fp16 needs a grad scaler, bf16 does not
         assert fast.loss_fn is fused_head_model_loss
         fast.close()
