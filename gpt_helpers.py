@@ -1052,106 +1052,74 @@ IGNORE_INDEX = -100  # a target the loss skips, as in F.cross_entropy
 FUSED_LOSS_CHUNK_MB = 64  # the fused loss's logits buffer, in MiB: it bounds the rows per chunk
 
 class FusedHeadLoss(torch.autograd.Function):
-    """lm_head + cross-entropy + their backward, chunk by chunk over the rows of h.
-
-    The plain path writes the (N, V) logits, log_softmax another (N, V), the backward two more.
-    Here one `rows` x V buffer is reused: a chunk's logits become its softmax in place, and since
-    d loss / d logits = (softmax - one_hot) / N is known in the forward pass, the gradients of h
-    and of the head's weight are computed there too and kept for backward. Same FLOPs; the logits
-    are never whole in memory. First-order only, one backward per loss (it scales them in place).
-    """
+    """Notebook 08's head_loss_chunked as an autograd Function: lm_head + cross-entropy + their
+    backward, `rows` rows of h at a time. One (rows, V) buffer is reused for every chunk's logits,
+    which become its softmax in place; since d loss / d logits = (softmax - one_hot) / N is known
+    in the forward pass, the gradients of h and of the head's weight are computed there and
+    handed out by backward. Matmuls run in `dtype` (autocast's), the softmax and sums in fp32."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, rows: int, dtype: torch.dtype, grad: bool, autocast: bool):
+    def forward(ctx, h, weight, targets, rows: int, dtype: torch.dtype, grad: bool):
         N, V = h.size(0), weight.size(0)
-        want_h, want_w = (grad and need for need in ctx.needs_input_grad[:2])  # grad: False under no_grad
-        acc = torch.promote_types(dtype, torch.float32)  # softmax and sums: fp32, or fp64 for fp64
-        low = dtype != acc  # autocast: matmuls in bf16/fp16, the rest in fp32
-        with torch.autocast(h.device.type, enabled=False) if autocast else nullcontext():  # explicit casts below
-            hd, wd = h.to(dtype), weight.to(dtype)  # (N, C), (V, C); no copy without autocast
-            valid = targets != IGNORE_INDEX  # (N,)
-            t_all = torch.where(valid, targets, 0).unsqueeze(1)  # (N, 1), a real index everywhere
-            count, total = valid.sum(), torch.zeros((), dtype=acc, device=h.device)  # tensors: no GPU sync
-            grad_h = torch.empty_like(h) if want_h else None  # (N, C)
-            new = torch.empty if N else torch.zeros  # the first chunk writes grad_w; no chunk, no write
-            grad_w = new(V, h.size(1), dtype=acc, device=h.device) if want_w else None  # (V, C)
-            buf = torch.empty(min(rows, N), V, dtype=acc, device=h.device)  # (rows, V): the only logits
-            buf_low = torch.empty_like(buf, dtype=dtype) if low else None  # (rows, V) matmul in/out
-            w_low = torch.empty_like(wd) if low and want_w else None  # (V, C) a chunk's part of grad_w
-            for i in range(0, N, rows):
-                j = min(i + rows, N)
-                z, t, v = buf[: j - i], t_all[i:j], valid[i:j, None].to(acc)  # (n, V), (n, 1), (n, 1)
-                if low:
-                    z.copy_(torch.mm(hd[i:j], wd.t(), out=buf_low[: j - i]))  # the chunk's logits
-                else:
-                    torch.mm(hd[i:j], wd.t(), out=z)  # the chunk's logits
-                m = z.amax(dim=1, keepdim=True)  # (n, 1) subtracted for a stable exp
-                z_t = z.gather(1, t)  # (n, 1) the target's logit
-                s = z.sub_(m).exp_().sum(dim=1, keepdim=True)  # (n, 1)
-                total += ((m + s.log() - z_t) * v).sum()  # -log softmax at the target
-                if not (want_h or want_w):
-                    continue
-                z.mul_(v / s).scatter_add_(1, t, -v)  # softmax - one_hot, zero on ignored rows
-                g = buf_low[: j - i].copy_(z) if low else z  # (n, V)
-                if want_h:
-                    grad_h[i:j] = g @ wd  # (n, C)
-                if want_w and low:  # (V, C): each chunk's part rounded to dtype once, summed in fp32
-                    torch.mm(g.t(), hd[i:j], out=w_low)
-                    grad_w.copy_(w_low) if i == 0 else grad_w.add_(w_low)
-                elif want_w:  # (V, C), summed over chunks; the first chunk writes, no zeroing pass
-                    torch.mm(g.t(), hd[i:j], out=grad_w) if i == 0 else grad_w.addmm_(g.t(), hd[i:j])
-        ctx.save_for_backward(grad_h, grad_w, count)
+        acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for an fp64 model
+        hd, wd = h.to(dtype), weight.to(dtype)  # (N, C), (V, C); no copy without autocast
+        valid = targets != IGNORE_INDEX  # (N,)
+        t_all = torch.where(valid, targets, 0).unsqueeze(1)  # (N, 1), a real index everywhere
+        total = torch.zeros((), dtype=acc, device=h.device)  # a tensor: no wait for the GPU
+        grad_h = torch.zeros_like(h) if grad else None  # (N, C); grad is False under no_grad
+        grad_w = torch.zeros(V, h.size(1), dtype=acc, device=h.device) if grad else None  # (V, C)
+        buf = torch.empty(min(rows, N), V, dtype=acc, device=h.device)  # (rows, V): the only logits
+        for i in range(0, N, rows):
+            z, t, v = buf[: len(hd[i:i + rows])], t_all[i:i + rows], valid[i:i + rows, None].to(acc)
+            if dtype == acc:
+                torch.mm(hd[i:i + rows], wd.t(), out=z)  # (n, V) the chunk's logits, in the buffer
+            else:
+                z.copy_(hd[i:i + rows] @ wd.t())  # bf16 matmul, fp32 logits
+            m = z.amax(dim=1, keepdim=True)  # (n, 1) subtracted for a stable exp
+            z_t = z.gather(1, t)  # (n, 1) the target's logit
+            s = z.sub_(m).exp_().sum(dim=1, keepdim=True)  # (n, 1)
+            total += ((m + s.log() - z_t) * v).sum()  # -log softmax at the target
+            if grad:
+                g = z.mul_(v / s).scatter_add_(1, t, -v).to(dtype)  # softmax - one_hot; 0 on ignored rows
+                grad_h[i:i + rows] = g @ wd  # (n, C)
+                if dtype == acc:  # (V, C), summed over the chunks
+                    grad_w.addmm_(g.t(), hd[i:i + rows])
+                else:  # bf16 products, summed in fp32
+                    grad_w.add_(g.t() @ hd[i:i + rows])
+        ctx.save_for_backward(grad_h, grad_w, valid.sum())
         ctx.weight_dtype = weight.dtype
-        return total / count  # nan when every target is ignored, as F.cross_entropy
+        return total / valid.sum()  # nan when every target is ignored, as F.cross_entropy
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
-        if getattr(ctx, "used", False):  # the saved gradients were scaled in place the first time
-            raise RuntimeError("fused_head_loss: a second backward through the same loss is not "
-                               "supported; compute the loss again")
-        ctx.used = True
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count.clamp(min=1)  # d(total / count); zero gradients when nothing counts
-        # in place: these are the size of the head's weight, and a copy would be fresh memory
-        return (None if grad_h is None else grad_h.mul_(scale),  # in h's dtype, rounded once
-                None if grad_w is None else grad_w.mul_(scale).to(ctx.weight_dtype), None, None, None, None, None)
+        return (None if grad_h is None else grad_h * scale,
+                None if grad_w is None else (grad_w * scale).to(ctx.weight_dtype), None, None, None, None)
 
 @torch.compiler.disable  # runs eagerly: inside a compiled model it is a graph break
 def fused_head_loss(h, weight, targets, chunk_mb: float | None = None):
-    """cross_entropy(h @ weight.T, targets) without the whole (N, V) logits in memory.
-
-    h (..., C) hidden states, weight (V, C) the head, targets (...) ids (IGNORE_INDEX skips one).
-    Same value and gradients as the plain path, up to float rounding; under autocast the matmuls
-    run in its dtype and the softmax in fp32. With grad mode on it computes the gradients in this
-    call: evaluate under torch.no_grad(). chunk_mb: the fp32 logits buffer in MiB."""
+    """cross_entropy(h @ weight.T, targets) without the whole (N, V) logits in memory: h (..., C),
+    weight (V, C), targets (...) token ids (IGNORE_INDEX skips one). chunk_mb: the logits buffer
+    in MiB. With grad mode on it computes the gradients in this call: evaluate under no_grad()."""
     chunk_mb = FUSED_LOSS_CHUNK_MB if chunk_mb is None else chunk_mb
     if targets.shape != h.shape[:-1]:
         raise ValueError(f"targets must have the shape of h without its last dim {tuple(h.shape[:-1])}, "
                          f"got {tuple(targets.shape)}")
     if not chunk_mb > 0:
         raise ValueError(f"chunk_mb must be positive, got {chunk_mb!r}")
-    V = weight.size(0)
-    if targets.device != h.device or weight.device != h.device:
-        raise ValueError(f"h, weight and targets must be on one device, got {h.device}, {weight.device} "
-                         f"and {targets.device}: move them with .to(device)")
-    if h.device.type == "cpu":  # on a GPU this check would wait for it; gather fails there instead
-        bad = targets[(targets >= V) | ((targets < 0) & (targets != IGNORE_INDEX))]
-        if bad.numel():
-            raise ValueError(f"targets must be token ids in [0, {V}) or {IGNORE_INDEX} (skipped), got {bad[0].item()}")
     try:
         autocast = torch.is_autocast_enabled(h.device.type)
     except RuntimeError:  # a device type autocast does not know (mps before torch 2.5, meta)
         autocast = False
     dtype = torch.get_autocast_dtype(h.device.type) if autocast else h.dtype
-    rows = max(1, int(chunk_mb * 2**20) // (4 * V))  # fp32 rows in the buffer
+    rows = max(1, int(chunk_mb * 2**20) // (4 * weight.size(0)))  # fp32 rows in the buffer
     return FusedHeadLoss.apply(h.reshape(-1, h.size(-1)), weight, targets.reshape(-1).long(), rows, dtype,
-                               torch.is_grad_enabled(), autocast)
+                               torch.is_grad_enabled())
 
 def fused_head_model_loss(model, x, y):
     """A GPT's loss through fused_head_loss: its hidden states, then the head and loss in chunks."""
-    if y.shape != x.shape:
-        raise ValueError(f"targets must have the shape of idx {tuple(x.shape)}, got {tuple(y.shape)}")
     return fused_head_loss(model.hidden_states(x), model.lm_head.weight, y)
 
 def can_compile(device) -> bool:

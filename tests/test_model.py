@@ -367,13 +367,14 @@ def test_fused_head_loss_in_float64_matches_to_float64_rounding(tiny_config):
         torch.testing.assert_close(fused_grads[name], g, atol=1e-12, rtol=1e-10, msg=name)
 
 
-def test_fused_head_loss_refuses_a_second_backward_instead_of_a_wrong_gradient(tiny_config):
+def test_fused_head_loss_gives_the_same_gradients_on_a_second_backward(tiny_config):
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))
     loss = fused_head_model_loss(model, idx, idx)
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="second backward through the same loss"):
-        loss.backward()
+    first = model.lm_head.weight.grad.clone()
+    loss.backward()  # accumulates: twice the first gradient, not a rescaled one
+    torch.testing.assert_close(model.lm_head.weight.grad, 2 * first, atol=1e-7, rtol=1e-6)
 
 
 def test_fused_head_loss_rejects_bad_arguments(tiny_config):
@@ -382,24 +383,22 @@ def test_fused_head_loss_rejects_bad_arguments(tiny_config):
         fused_head_loss(h, w, torch.zeros(2, 7, dtype=torch.long))
     with pytest.raises(ValueError, match="chunk_mb must be positive"):
         fused_head_loss(h, w, torch.zeros(2, 8, dtype=torch.long), chunk_mb=0)
-    with pytest.raises(ValueError, match="must be on one device"):
-        fused_head_loss(h, w, torch.zeros(2, 8, dtype=torch.long, device="meta"))
     for bad in (tiny_config.vocab_size, -1):  # past the vocabulary, or negative but not IGNORE_INDEX
         targets = torch.zeros(2, 8, dtype=torch.long)
         targets[1, 3] = bad
-        with pytest.raises(ValueError, match=rf"targets must be token ids in \[0, {tiny_config.vocab_size}\).*got {bad}"):
+        with pytest.raises(RuntimeError, match=rf"index {bad} is out of bounds"):  # never a silent wrong loss
             fused_head_loss(h, w, targets)
 
 
 def test_fused_head_model_loss_rejects_targets_of_another_shape(tiny_config):
     idx = torch.zeros(2, 7, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"targets must have the shape of idx \(2, 7\)"):
+    with pytest.raises(ValueError, match=r"targets must have the shape of h without its last dim \(2, 7\)"):
         fused_head_model_loss(GPT(tiny_config), idx, torch.zeros(2, 8, dtype=torch.long))
 
 
 def test_fused_head_loss_function_applied_directly_in_chunks_of_three_rows():
     # FusedHeadLoss is the autograd Function under fused_head_loss: (h (N, C), weight (V, C), targets (N,),
-    # rows per chunk, matmul dtype, grad mode, autocast); 7 rows in chunks of 3 leave a short last chunk
+    # rows per chunk, matmul dtype, grad mode); 7 rows in chunks of 3 leave a short last chunk
     torch.manual_seed(0)
     h, w = torch.randn(7, 8, requires_grad=True), torch.randn(11, 8, requires_grad=True)
     targets = torch.randint(0, 11, (7,))
@@ -407,7 +406,7 @@ def test_fused_head_loss_function_applied_directly_in_chunks_of_three_rows():
     loss.backward()
     want = loss.detach(), h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
-    fused = FusedHeadLoss.apply(h, w, targets, 3, torch.float32, True, False)
+    fused = FusedHeadLoss.apply(h, w, targets, 3, torch.float32, True)
     assert type(fused.grad_fn).__name__ == "FusedHeadLossBackward"
     fused.backward()
     for got, expected in zip((fused.detach(), h.grad, w.grad), want):
