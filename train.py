@@ -14,14 +14,29 @@ An existing checkpoint is never overwritten: continue it with --resume or pick a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import gpt_helpers as gh
-
 DEFAULT_PROMPT = "Ham.\n"
+PRESET_NAMES = ("cpu", "gpu", "smoke")  # gpt_helpers.PRESETS, named here so --help needs no torch
+
+
+def lazy_import(name: str):
+    """The module, loaded at its first use: gpt_helpers imports torch, which takes seconds,
+    and --help or a bad flag should answer at once."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gh = lazy_import("gpt_helpers")
 
 
 def _checked(convert, ok, what):
@@ -46,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--preset", choices=sorted(gh.PRESETS),
+    p.add_argument("--preset", choices=PRESET_NAMES,
                    help="model size and training settings: gpu = GPT-2 124M as in the original run, "
                         "cpu = a small model that learns in minutes on a laptop, smoke = seconds, learns "
                         "nothing (default: $GPT_PRESET, else gpu when CUDA is available, else cpu; "
@@ -147,8 +162,9 @@ def check_out_dir(args, parser, out_dir: Path):
     if not args.resume and ckpt_path.exists():  # a log with no checkpoint is set aside by train()
         parser.error(f"{str(ckpt_path)!r} already exists: add --resume to continue that run, "
                      "or choose another --out-dir")
-    if out_dir.exists() and not out_dir.is_dir():
-        parser.error(f"--out-dir {str(out_dir)!r} is a file, not a folder")
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        parser.error(f"--out-dir {str(out_dir)!r}: {str(existing)!r} is a file, not a folder; choose another --out-dir")
 
 
 def describe(cfg, model, source: str, args, out_dir: Path):
@@ -208,8 +224,9 @@ def main(argv=None) -> int:
         callbacks.append(ProgressBar(cfg.max_steps))
         history = gh.train(model, cfg, device=args.device, out_dir=out_dir, resume=args.resume,
                            callbacks=callbacks, stop_after=args.stop_after)
-    except (FileExistsError, FileNotFoundError, ImportError, ValueError) as e:
-        parser.error(str(e))
+    except (FileExistsError, FileNotFoundError, ImportError, ValueError, OSError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)  # no usage block: not a misspelt flag
+        sys.exit(2)
     except FloatingPointError as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1

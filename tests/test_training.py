@@ -475,6 +475,23 @@ def test_checkpoint_write_is_atomic(tiny_config, tmp_path, monkeypatch):
     assert load_checkpoint(path)["step"] == 1  # the previous checkpoint, intact
 
 
+def test_saving_and_resuming_remove_what_killed_saves_left(text_file, tmp_path):
+    # kill -9 during torch.save leaves .ckpt.pt.tmp-<pid>; nothing else would ever delete it
+    cfg = tiny_run(max_steps=4)
+    out = tmp_path / "run"
+    run(cfg, text_file, out_dir=out, stop_after=1)
+    stale = [out / ".ckpt.pt.tmp-999999", out / ".ckpt.pt.tmp-123"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    keep = out / "notes.tmp-1"  # not a checkpoint's temporary file
+    keep.write_text("mine")
+    run(cfg, text_file, out_dir=out, resume=True)
+    assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
+    stale[0].write_bytes(b"half a checkpoint")
+    save_checkpoint(out / "ckpt.pt", GPT(cfg.model), step=9)
+    assert not stale[0].exists() and load_checkpoint(out / "ckpt.pt")["step"] == 9
+
+
 def test_checkpoint_errors_name_the_problem(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
