@@ -1,23 +1,47 @@
-# Setup: the same cell opens every notebook. Locally and in CI it finds gpt_helpers.py
-# in the course folder; in Colab it first installs what is missing and fetches the course.
-import importlib.util, os, subprocess, sys
+#@title Setup: find the course folder (in Colab: fetch the course and install what is missing)
+# Locally it only puts the course folder on sys.path; in Colab it clones (or updates) REPO_URL first.
+import importlib.util, os, shutil, subprocess, sys
 from pathlib import Path
 
-REPO_URL = "https://github.com/gpt2-from-scratch/gpt2-from-scratch"  # the one place it is written
-
+REPO_URL = "https://github.com/gpt2-from-scratch/gpt2-from-scratch"  # where the course is published: set it here
+CLONE_TIMEOUT_S = 120  # seconds git may take to clone or update the course
 
 def find_course_root():
     return next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "gpt_helpers.py").is_file()), None)
 
+def in_colab():  # google.colab can be importable but not yet imported
+    try:
+        return "google.colab" in sys.modules or importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no "google" package at all
+        return False
 
-if find_course_root() is None and "google.colab" in sys.modules:
+def git(*args):  # with a time limit and no password prompt; returns git's last error line, "" if it worked
+    slow = ["-c", "http.lowSpeedLimit=1000", "-c", f"http.lowSpeedTime={CLONE_TIMEOUT_S}"]
+    try:
+        done = subprocess.run(["git", *slow, *args], capture_output=True, text=True, timeout=CLONE_TIMEOUT_S,
+                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+    except subprocess.TimeoutExpired:
+        return f"no answer in {CLONE_TIMEOUT_S} s"
+    return "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["git failed"])[-1]
+
+if find_course_root() is None and in_colab():
     needed = ["tiktoken", "transformers", "torchsummary", "matplotlib", "tqdm"]  # never torch: Colab's matches its GPU
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if missing:
+    if missing := [name for name in needed if importlib.util.find_spec(name) is None]:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
-    course = Path(REPO_URL.rstrip("/").split("/")[-1])
-    if not course.exists():
-        subprocess.run(["git", "clone", "-q", "--depth", "1", REPO_URL, str(course)], check=True)
+    course = Path.cwd() / REPO_URL.rstrip("/").split("/")[-1].removesuffix(".git")
+    partial = course.with_name(course.name + ".partial")  # cloned aside, renamed only once complete
+    if (course / "gpt_helpers.py").is_file():
+        if error := git("-C", str(course), "pull", "-q", "--ff-only"):
+            print(f"could not update {course.name}/ from REPO_URL={REPO_URL} ({error}); using the copy already here")
+    else:
+        for leftover in (course, partial):  # what an interrupted clone left behind
+            shutil.rmtree(leftover, ignore_errors=True)
+        error = git("clone", "-q", "--depth", "1", REPO_URL, str(partial))
+        if error or not (partial / "gpt_helpers.py").is_file():
+            raise RuntimeError(f"could not clone REPO_URL={REPO_URL}: {error or 'it has no gpt_helpers.py'}; "
+                               "set REPO_URL in this cell to where the course is published, "
+                               f"or upload the course folder as {course}/")
+        partial.rename(course)
     os.chdir(course / "notebooks")
 ROOT = find_course_root()
 if ROOT is None:

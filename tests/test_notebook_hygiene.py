@@ -81,6 +81,38 @@ def test_first_code_cell_is_the_setup_cell(notebook):
     assert not any(o.output_type == "error" for o in cells[0].outputs)
 
 
+def test_setup_cell_is_collapsed(notebook):
+    # JupyterLab shows it folded, Colab as a form under its #@title line
+    path, nb = notebook
+    assert _code_cells(nb)[0].metadata == notebooks_script.SETUP_CELL_METADATA, (
+        f"{path.name}: run `python scripts/notebooks.py sync`")
+
+
+def test_only_the_setup_cell_is_collapsed():
+    def notebook():
+        cells = [nbformat.v4.new_markdown_cell("# A notebook"),
+                 nbformat.v4.new_code_cell(SETUP_CELL_FILE.read_text().strip(), execution_count=1),
+                 nbformat.v4.new_code_cell("x = 1", execution_count=2)]
+        nb = nbformat.v4.new_notebook(cells=cells)
+        assert notebooks_script.sync(nb) and not notebooks_script.sync(nb)  # a second sync changes nothing
+        return nb
+
+    assert notebooks_script.problems(notebook(), "nb") == []
+    flagged = {"cell 2 in form view": (2, {"cellView": "form"}),
+               "cell 2 collapsed": (2, {"jupyter": {"source_hidden": True}}),
+               "cell 2 with Colab metadata": (2, {"colab": {"base_uri": "https://localhost:8080/"}}),
+               "setup cell expanded": (1, {"cellView": "form"}),
+               "setup cell with more": (1, {**notebooks_script.SETUP_CELL_METADATA, "tags": ["nbval-skip"]})}
+    for what, (index, metadata) in flagged.items():
+        nb = notebook()
+        nb.cells[index].metadata = metadata
+        assert notebooks_script.problems(nb, "nb"), f"{what} was not reported"
+    nb = notebook()
+    nb.cells[2].metadata = {"cellView": "form"}
+    notebooks_script.clean(nb)
+    assert notebooks_script.problems(nb, "nb") == []  # clean drops Colab's form view from every cell but the setup cell
+
+
 def test_repo_url_is_written_only_in_the_setup_cell(notebook):
     path, nb = notebook
     url = _repo_url()
