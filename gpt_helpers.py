@@ -15,7 +15,9 @@ that notebook builds, under the notebook's own names (its drafts are Name_v1, Na
     07 pretrained     port, GPT.from_pretrained, to_hf, export_hf
     08 performance    TF32, autocast, OriginalAttention, padded_vocab, FLOPs and MFU,
                       fused_head_loss, and FastPath: the speed switches applied in one place
-    the whole run     train(): notebook 05's loop with notebook 08's switches
+    09 beyond one GPU Distributed (the processes torchrun starts, PyTorch's DDP), all_reduce_seconds,
+                      token shards: ShardLoader, data_loader
+    the whole run     train(): notebook 05's loop with notebook 08's switches and notebook 09's processes
 
 Nothing uses anything defined further down. Shape letters: B batch, T time (sequence
 length), C channels (n_embd), nh heads, hs head size (C // nh), V vocabulary size.
@@ -30,11 +32,13 @@ import random
 import re
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.nn import functional as F
 
@@ -136,8 +140,8 @@ PRESETS = {
     # 50257-row output layer dominates the cost; a high LR suits so small a model
     "cpu": TrainConfig(
         model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=64),
-        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=3e-3, warmup_steps=10,
-        max_steps=200, eval_interval=25, eval_iters=5, ckpt_interval=100,
+        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=1e-2, warmup_steps=10,
+        max_steps=900, eval_interval=150, eval_iters=5, ckpt_interval=300,
     ),
     # seconds on a 2-core CI machine: checks the plumbing, learns nothing
     "smoke": TrainConfig(
@@ -209,8 +213,10 @@ def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0]
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under torch.compile's wrapper, so saved keys have no _orig_mod. prefix."""
-    return getattr(model, "_orig_mod", model)
+    """The plain module under torch.compile's wrapper and DistributedDataParallel's (notebook 09),
+    so saved keys have no _orig_mod. or module. prefix."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 # =============================================================================================
@@ -432,12 +438,19 @@ def load_tokens(path=None) -> torch.Tensor:
     st = path.stat()
     return encode_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
+def check_slice(who: str, rank, world_size):
+    """rank and world_size name a loader's slice of the data: rank r of N reads every N-th batch."""
+    if not is_positive_int(world_size) or not (isinstance(rank, int) and 0 <= rank < world_size):
+        raise ValueError(f"{who}: rank must be in 0..world_size-1 and world_size a positive integer, "
+                         f"got rank {rank!r} of world_size {world_size!r}")
+
 class DataLoaderLite:
     """Contiguous (B, T) batches from one text file, read in order, wrapping at the end.
-    The last val_fraction of the tokens is the "val" split; the two splits share no token."""
+    The last val_fraction of the tokens is the "val" split; the two splits share no token.
+    rank and world_size (notebook 09): in a run of world_size processes, the batches of this one."""
 
     def __init__(self, B: int, T: int, path=None, split: str = "train", val_fraction: float = 0.1,
-                 verbose: bool = False):
+                 verbose: bool = False, rank: int = 0, world_size: int = 1):
         for name, value in (("B", B), ("T", T)):
             if not is_positive_int(value):
                 raise ValueError(f"DataLoaderLite: {name} must be a positive integer, got {value!r}")
@@ -446,7 +459,8 @@ class DataLoaderLite:
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
                 or not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"DataLoaderLite: val_fraction must be a number in [0, 1), got {val_fraction!r}")
-        self.B, self.T, self.split = B, T, split
+        check_slice("DataLoaderLite", rank, world_size)
+        self.B, self.T, self.split, self.rank, self.world_size = B, T, split, rank, world_size
         self.path = Path(path if path is not None else DEFAULT_INPUT)
         tokens = load_tokens(self.path)
         n_train = len(tokens) - int(len(tokens) * val_fraction)
@@ -456,19 +470,27 @@ class DataLoaderLite:
                 f"{self.path.name}: the {split!r} split has {len(self.tokens):,} tokens, fewer than "
                 f"B*T+1 = {B * T + 1:,} needed for one batch: use a smaller B or T, or more text"
                 + (", or a larger val_fraction" if split == "val" else ""))
-        self.position = 0
+        self.position = 0  # where one process reading every batch would read next
         if verbose:
             print(f"{split}: {len(self.tokens):,} tokens, {(len(self.tokens) - 1) // (B * T)} batches of {B}x{T} per epoch")
 
     def next_batch(self):
-        """x (B, T) inputs and y (B, T) targets: y is x shifted left by one token."""
+        """x (B, T) inputs and y (B, T) targets: y is x shifted left by one token. With world_size N,
+        the N ranks read the next N batches one process would read: this one the rank-th of them."""
         B, T = self.B, self.T
-        buf = self.tokens[self.position : self.position + B * T + 1]  # (B*T + 1,)
+        start = self.skip(self.position, self.rank)  # the ranks before this one read the batches before
+        buf = self.tokens[start : start + B * T + 1]  # (B*T + 1,)
         x, y = buf[:-1].view(B, T), buf[1:].view(B, T)  # (B, T) each
-        self.position += B * T  # the last target is the next batch's first input
-        if self.position + B * T + 1 > len(self.tokens):  # the next batch would run off the end
-            self.position = 0
+        self.position = self.skip(self.position, self.world_size)
         return x, y
+
+    def skip(self, position: int, batches: int) -> int:
+        """Where one process reading from `position` is `batches` batches later."""
+        for _ in range(batches):
+            position += self.B * self.T  # the last target is the next batch's first input
+            if position + self.B * self.T + 1 > len(self.tokens):  # the next batch would run off the end
+                position = 0
+        return position
 
     def reset(self):
         self.position = 0
@@ -524,19 +546,22 @@ def train_step(model, optimizer, loader, cfg, step, *, device="cpu", loss_fn=mod
                autocast=nullcontext, scaler=None):
     """One optimizer step: set the LR, K micro-batches each divided by K, clip, step.
     Returns (the step's mean loss, the gradient norm before clipping, the LR). A real run
-    adds: the device, notebook 08's loss and autocast, and fp16's gradient scaler."""
+    adds: the device, notebook 08's loss and autocast, fp16's gradient scaler, and DDP's no_sync."""
     lr = lr_schedule(step, cfg)
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     loss_accum = torch.zeros((), device=device)
-    for _ in range(cfg.grad_accum_steps):
+    for micro_step in range(cfg.grad_accum_steps):
         x, y = loader.next_batch()  # (B, T) each
         x, y = x.to(device), y.to(device)
-        with autocast():
-            loss = loss_fn(model, x, y) / cfg.grad_accum_steps  # the sum of the parts is the mean
-        loss_accum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
-        (scaler.scale(loss) if scaler else loss).backward()
+        # a DDP model (notebook 09) all-reduces the gradients in backward: once a step is enough, the last
+        last = micro_step == cfg.grad_accum_steps - 1
+        with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with autocast():
+                loss = loss_fn(model, x, y) / cfg.grad_accum_steps  # the sum of the parts is the mean
+            loss_accum += loss.detach()  # no .item() here: that would wait for the GPU every micro-batch
+            (scaler.scale(loss) if scaler else loss).backward()
     loss = loss_accum.item()  # the one wait for the device in a step
     if not math.isfinite(loss):  # stop before a diverged update reaches the weights
         raise FloatingPointError(f"the loss is {loss} at step {step}: training diverged; lower max_lr or "
@@ -1221,7 +1246,10 @@ class FastPath:
         self.tf32 = cuda and cfg.tf32
         self.compiled = cfg.compile and can_compile(self.device)
         self.model = torch.compile(model) if self.compiled else model  # same parameters, compiled forward
-        self.loss_fn = fused_head_model_loss if cfg.fused_head and not self.compiled else model_loss
+        # the fused head calls hidden_states itself, past any wrapper: one whose forward must run
+        # (DistributedDataParallel's, notebook 09) keeps the plain loss
+        fused = cfg.fused_head and not self.compiled and isinstance(model, GPT)
+        self.loss_fn = fused_head_model_loss if fused else model_loss
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -1243,23 +1271,214 @@ class FastPath:
 
 
 # =============================================================================================
+# 09 · beyond one GPU: data parallelism on PyTorch's DistributedDataParallel (the processes
+#      torchrun starts, each rank's share of a step, the all-reduce and what it costs), and token
+#      shards for a corpus larger than memory
+# =============================================================================================
+
+class Distributed:
+    """This process's place in a run of world_size processes started by torchrun, one device each,
+    on PyTorch's own engine (torch.distributed: NCCL between GPUs, gloo between CPUs). Rank 0 is
+    the main process, the one that logs and saves. Without torchrun (no WORLD_SIZE in the
+    environment) it is this process alone on `device`, and no method changes anything."""
+
+    def __init__(self, device="cpu"):
+        env = os.environ  # torchrun sets RANK, LOCAL_RANK (the rank on this machine) and WORLD_SIZE
+        self.rank, self.local_rank = int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0))
+        self.world_size = int(env.get("WORLD_SIZE", 1))
+        self.is_main = self.rank == 0
+        self.device = torch.device(device)
+        if self.world_size > 1 and self.device.type not in ("cuda", "cpu"):
+            raise ValueError(f"{self.world_size} processes on {device}: DDP runs on cuda (NCCL) or cpu (gloo)")
+        if self.world_size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)  # one GPU per process
+            torch.cuda.set_device(self.device)
+        self.started = self.world_size > 1 and not dist.is_initialized()
+        if self.started:  # returns once all world_size processes have joined
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def wrap(self, model):
+        """The model in DistributedDataParallel: rank 0's weights are copied to every rank now, and
+        from then on every backward all-reduces the gradients to their mean over the ranks."""
+        if self.world_size == 1:
+            return model
+        gpu = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=gpu)
+
+    def all_reduce_mean(self, value: float) -> float:
+        """The mean of a number over the ranks; every rank gets it."""
+        if self.world_size == 1:
+            return value
+        total = torch.tensor(value, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)  # the sum, on every rank (gloo has no mean)
+        return total.item() / self.world_size
+
+    def share(self, cfg: TrainConfig, loaders: dict) -> TrainConfig:
+        """This rank's part of cfg: grad_accum_steps / world_size micro-batches a step, so that a step
+        is B*T*grad_accum_steps tokens however many processes share it, and eval_iters / world_size
+        validation batches (rounded up). Checks that each loader reads this rank's slice."""
+        K, N = cfg.grad_accum_steps, self.world_size
+        if K % N:
+            divisors = ", ".join(str(n) for n in range(1, K + 1) if K % n == 0)
+            raise ValueError(
+                f"grad_accum_steps {K} cannot be shared by {N} processes: each runs grad_accum_steps / {N} "
+                f"micro-batches, so that a step stays B*T*K = {cfg.tokens_per_step:,} tokens as on one process. "
+                f"Run on {divisors} processes (a checkpoint resumes on any of them), or make grad_accum_steps "
+                f"a multiple of {N}")
+        for name, loader in loaders.items():
+            where = (getattr(loader, "rank", 0), getattr(loader, "world_size", 1))
+            if where != (self.rank, N):
+                raise ValueError(f"the {name} loader reads the slice of rank {where[0]} of {where[1]} processes, "
+                                 f"this is rank {self.rank} of {N}: build it with rank={self.rank}, world_size={N}")
+        return replace(cfg, grad_accum_steps=K // N, eval_iters=math.ceil(cfg.eval_iters / N))
+
+    def barrier(self):
+        """Wait until every rank gets here."""
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self):
+        """Leave the process group, if this object joined it."""
+        if self.started and dist.is_initialized():
+            dist.destroy_process_group()
+        self.started = False
+
+def all_reduce_seconds(n_bytes: float, world_size: int, bytes_per_s: float) -> float:
+    """How long a ring all-reduce of n_bytes over world_size processes takes on links of bytes_per_s
+    each way, counting bandwidth only: each process sends (and receives) 2 (N-1)/N of the data."""
+    return 2 * (world_size - 1) / world_size * n_bytes / bytes_per_s
+
+SHARD_DTYPE = np.uint16  # GPT-2's ids (< 50,257 < 2**16) in 2 bytes each, a quarter of int64's
+
+def shard_name(split: str, index: int) -> str:
+    """scripts/make_shards.py names its shards val_000000.npy, train_000001.npy, ..."""
+    return f"{split}_{index:06d}.npy"
+
+def open_shard(path):
+    """A shard's tokens, memory-mapped (read from disk only where used), checked to be 1-D uint16."""
+    try:
+        tokens = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"shard {str(path)!r} is not a .npy array ({first_line(e)}): "
+                         "build shards with python scripts/make_shards.py") from None
+    if tokens.dtype != SHARD_DTYPE or tokens.ndim != 1:
+        raise ValueError(f"shard {str(path)!r} holds a {tokens.ndim}-D {tokens.dtype} array, not 1-D uint16 token "
+                         "ids: build shards with python scripts/make_shards.py")
+    return tokens
+
+class ShardLoader:
+    """DataLoaderLite over a folder of token shards (scripts/make_shards.py writes them): (B, T)
+    batches in order, shard after shard, wrapping at the end. A batch never spans two shards, and
+    a shard shorter than one batch is passed over. Split by shard: "train" reads train_*.npy, "val"
+    val_*.npy. A shard is memory-mapped: a corpus larger than memory costs a batch at a time.
+    The position is (shard, token); rank and world_size slice the batches as in DataLoaderLite."""
+
+    def __init__(self, B: int, T: int, folder, split: str = "train", rank: int = 0, world_size: int = 1):
+        for name, value in (("B", B), ("T", T)):
+            if not is_positive_int(value):
+                raise ValueError(f"ShardLoader: {name} must be a positive integer, got {value!r}")
+        if split not in ("train", "val"):
+            raise ValueError(f"ShardLoader: split must be 'train' or 'val', got {split!r}")
+        check_slice("ShardLoader", rank, world_size)
+        self.B, self.T, self.split, self.rank, self.world_size = B, T, split, rank, world_size
+        self.path = Path(folder)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"shard folder {str(folder)!r} not found: build one with "
+                                    f"python scripts/make_shards.py TEXT {folder}")
+        files = sorted(self.path.glob(f"{split}_*.npy"))
+        if not files:
+            raise FileNotFoundError(f"shard folder {str(folder)!r} holds no {split}_*.npy shards: build them "
+                                    "with python scripts/make_shards.py TEXT FOLDER")
+        lengths = [len(open_shard(f)) for f in files]  # each file's header only
+        self.files = [f for f, n in zip(files, lengths) if n >= B * T + 1]
+        self.lengths = [n for n in lengths if n >= B * T + 1]
+        if not self.files:
+            raise ValueError(f"no {split} shard in {str(folder)!r} holds B*T+1 = {B * T + 1:,} tokens for one "
+                             f"batch (the longest has {max(lengths):,}): use a smaller B or T, or larger shards")
+        self.n_tokens, self.mapped = sum(lengths), (None, None)  # (index, tokens) of the shard mapped now
+        self.position = (0, 0)  # (shard, token) where one process reading every batch would read next
+
+    def next_batch(self):
+        """x (B, T) inputs and y (B, T) targets, int64 as DataLoaderLite's: y is x shifted left by one."""
+        B, T = self.B, self.T
+        shard, start = self.skip(self.position, self.rank)  # the ranks before this one read the batches before
+        buf = torch.from_numpy(self.tokens(shard)[start : start + B * T + 1].astype(np.int64))  # (B*T + 1,)
+        x, y = buf[:-1].view(B, T), buf[1:].view(B, T)  # (B, T) each
+        self.position = self.skip(self.position, self.world_size)
+        return x, y
+
+    def skip(self, position: tuple, batches: int) -> tuple:
+        """Where one process reading from `position` is `batches` batches later."""
+        shard, start = position
+        for _ in range(batches):
+            start += self.B * self.T
+            if start + self.B * self.T + 1 > self.lengths[shard]:  # the next batch would run off this shard
+                shard, start = (shard + 1) % len(self.files), 0
+        return shard, start
+
+    def tokens(self, shard: int):
+        if self.mapped[0] != shard:  # one shard mapped at a time
+            self.mapped = (shard, open_shard(self.files[shard]))
+        return self.mapped[1]
+
+    def reset(self):
+        self.position = (0, 0)
+
+    # what a checkpoint keeps, so a resumed run reads the batches it would have read
+    def state_dict(self) -> dict:
+        return {"shard": self.position[0], "position": self.position[1], "split": self.split,
+                "n_shards": len(self.files), "n_tokens": self.n_tokens}
+
+    def load_state_dict(self, state: dict):
+        saved = (state.get("split"), state.get("n_shards"), state.get("n_tokens"))
+        if saved != (self.split, len(self.files), self.n_tokens):
+            raise ValueError(f"data-loader state is for a {saved[0]!r} split of {saved[1]} shards and {saved[2]} "
+                             f"tokens, this loader reads a {self.split!r} split of {len(self.files)} shards and "
+                             f"{self.n_tokens}: resume with the data the run trained on")
+        shard, position = state.get("shard"), state.get("position")
+        ok = isinstance(shard, int) and 0 <= shard < len(self.files)
+        if not (ok and isinstance(position, int) and 0 <= position < self.lengths[shard]):
+            raise ValueError(f"data-loader state has shard {shard!r}, position {position!r}, not a place in these "
+                             "shards: a corrupted checkpoint?")
+        # saved with another B*T, the next batch may not fit its shard: the next shard, as next_batch would
+        fits = position + self.B * self.T + 1 <= self.lengths[shard]
+        self.position = (shard, position) if fits else ((shard + 1) % len(self.files), 0)
+
+def data_loader(path, B: int, T: int, split: str = "train", val_fraction: float = 0.1, rank: int = 0,
+                world_size: int = 1):
+    """The loader for `path`: a ShardLoader for a folder of token shards (train and val split by
+    shard), a DataLoaderLite for a text file (val: its last val_fraction); None is input.txt."""
+    path = Path(path if path is not None else DEFAULT_INPUT)
+    if not path.exists():
+        raise FileNotFoundError(f"data {str(path)!r} not found: pass a UTF-8 text file, or a folder of token "
+                                "shards made by python scripts/make_shards.py")
+    if path.is_dir():
+        return ShardLoader(B, T, path, split, rank, world_size)
+    return DataLoaderLite(B, T, path, split, val_fraction, rank=rank, world_size=world_size)
+
+
+# =============================================================================================
 # The whole run: train(), notebook 05's loop with notebook 08's switches, and what a real run
 # adds beside it (an output folder, saving on Ctrl-C, a progress bar, TensorBoard)
 # =============================================================================================
 
-def default_loaders(cfg: TrainConfig, train_loader=None, val_loader=None) -> dict:
-    """input.txt unless train_loader is given; val: the held-out tail of the train loader's file."""
+def default_loaders(cfg: TrainConfig, train_loader=None, val_loader=None, world=None) -> dict:
+    """input.txt unless train_loader is given; val: the held-out split of the train loader's data
+    (its text file's tail, or its folder's val shards). Each reads this rank's slice of the world."""
+    ranks = {"rank": world.rank, "world_size": world.world_size} if world else {}
     if train_loader is None:
-        train_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, split="train", val_fraction=cfg.val_fraction)
+        train_loader = data_loader(DEFAULT_INPUT, cfg.batch_size, cfg.seq_len, "train", cfg.val_fraction, **ranks)
     if val_loader is None and cfg.val_fraction > 0:
-        val_loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=getattr(train_loader, "path", None),
-                                    split="val", val_fraction=cfg.val_fraction)
+        val_loader = data_loader(getattr(train_loader, "path", None), cfg.batch_size, cfg.seq_len, "val",
+                                 cfg.val_fraction, **ranks)
     return {"train": train_loader} | ({"val": val_loader} if val_loader is not None else {})
 
 class RunFolder:
-    """out_dir's ckpt.pt and metrics.jsonl (or nothing at all when out_dir is None)."""
+    """out_dir's ckpt.pt and metrics.jsonl (or nothing at all when out_dir is None). In a run of
+    several processes (world), each reads the checkpoint it resumes from; only the main one writes."""
 
-    def __init__(self, out_dir, resume: bool):
+    def __init__(self, out_dir, resume: bool, world: Distributed | None = None):
+        self.writes, self.world_size = (world.is_main, world.world_size) if world else (True, 1)
         self.dir = Path(out_dir) if out_dir is not None else None
         self.ckpt = self.dir / "ckpt.pt" if self.dir else None
         log = self.dir / "metrics.jsonl" if self.dir else None
@@ -1270,7 +1489,7 @@ class RunFolder:
         if not resume and self.ckpt is not None and self.ckpt.exists():  # never overwrite an earlier run
             raise FileExistsError(f"{str(self.ckpt)!r} already exists: pass resume=True to continue "
                                   "that run, or use another out_dir")
-        if not resume and log is not None and log.exists():  # a run that stopped before its first save
+        if self.writes and not resume and log is not None and log.exists():  # stopped before its first save
             kept = log.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
             log.rename(kept)
             print(f"{log.name} had no checkpoint beside it (a run stopped before its first save): "
@@ -1281,79 +1500,95 @@ class RunFolder:
         """Resume from the checkpoint, or seed a fresh run; open the log. Returns (first step, elapsed s)."""
         start, elapsed = 0, 0.0
         if self.resume:
-            remove_stale_tmp(self.ckpt)  # what a save killed mid-write left
+            if self.writes:
+                remove_stale_tmp(self.ckpt)  # what a save killed mid-write left
             state = load_checkpoint(self.ckpt)
             restore_checkpoint(state, self.ckpt, model, optimizer, loaders, scaler, train_config=cfg)
             start, elapsed = state["step"] + 1, state["extra"].get("elapsed", 0.0)
+            saved = state["extra"].get("world_size", 1)
+            if saved != self.world_size and self.writes:  # the loaders' positions are the whole run's: exact
+                print(f"resuming a run saved by {saved} process(es) on {self.world_size}: it goes on exactly where "
+                      "it stopped, with the same tokens per step (the saved data positions are the whole run's)")
         else:
             torch.manual_seed(cfg.seed)
-        if self.dir and start < cfg.max_steps:  # a finished run's log stays as it is
+        if self.writes and self.dir and start < cfg.max_steps:  # a finished run's log stays as it is
             self.dir.mkdir(parents=True, exist_ok=True)
             self.log = MetricsLog(self.log_path, self.resume, start)
         return start, elapsed
 
     def save(self, step, model, optimizer, cfg, loaders, scaler, elapsed):
-        if self.ckpt is not None:
-            save_checkpoint(self.ckpt, model, optimizer, step, cfg, loaders, scaler, extra={"elapsed": elapsed})
+        if self.ckpt is not None and self.writes:
+            save_checkpoint(self.ckpt, model, optimizer, step, cfg, loaders, scaler,
+                            extra={"elapsed": elapsed, "world_size": self.world_size})
 
     def close(self):
         if self.log:
             self.log.close()
 
 def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loader=None, out_dir=None,
-          resume: bool = False, callbacks=(), stop_after: int | None = None) -> list[dict]:
+          resume: bool = False, callbacks=(), stop_after: int | None = None, time_limit: float | None = None,
+          world=None) -> list[dict]:
     """Train `model` as the original notebook did; return the per-step records.
 
     out_dir: ckpt.pt and metrics.jsonl go there; resume=True continues exactly from its checkpoint.
     callbacks: each called with every step's record (ProgressBar, TensorBoardLog, your own).
-    stop_after=k ends after step k with a checkpoint; so does Ctrl-C, after the last finished step.
-    cfg's speed switches (notebook 08) are applied where this device supports them."""
-    device = torch.device(device)
-    loaders = default_loaders(cfg, train_loader, val_loader)
+    stop_after=k ends after step k with a checkpoint; so does Ctrl-C, after the last finished step,
+    and time_limit=s, after the first step that ends s seconds or more into this call.
+    cfg's speed switches (notebook 08) are applied where this device supports them.
+    world: the processes of the run, a Distributed (notebook 09) whose device the run uses; by
+    default Distributed(device): torchrun's processes, else this one alone."""
+    own_world, world = world is None, world or Distributed(device)
+    device = world.device  # under torchrun on GPUs: this rank's GPU
+    loaders = default_loaders(cfg, train_loader, val_loader, world)
     history, fast, run, done, step, at_start = [], None, None, None, None, None  # done: last step in the weights
     try:
-        fast = FastPath(model.to(device), cfg, device)  # checks the switches before anything is written
-        run = RunFolder(out_dir, resume)  # checks the folder before anything is written
+        share = world.share(cfg, loaders)  # this rank's part of a step: grad_accum_steps / world_size
+        fast = FastPath(world.wrap(model.to(device)), cfg, device)  # checks the switches before writing
+        run = RunFolder(out_dir, resume, world)  # checks the folder before anything is written
         optimizer = configure_optimizer(model, cfg, device.type)
         start, elapsed = run.start(model, optimizer, loaders, fast.scaler, cfg)
-        t_start = time.time() - elapsed
+        t_call = time.time()
+        t_start = t_call - elapsed
         for step in range(start, cfg.max_steps):
             # one optimizer step: notebook 05's train_step; its data starts where the loaders are now
             at_start, t0 = {k: v.state_dict() for k, v in loaders.items()}, time.time()
-            loss, norm, lr = train_step(fast.model, optimizer, loaders["train"], cfg, step,
+            loss, norm, lr = train_step(fast.model, optimizer, loaders["train"], share, step,
                                         scaler=fast.scaler, **fast.step_args)  # raises if diverged
-            done = step
+            loss, done = world.all_reduce_mean(loss), step  # the step's loss: the mean over all ranks
             fast.synchronize()
             tokens = loaders["train"].B * loaders["train"].T * cfg.grad_accum_steps
             rec = {"step": step, "loss": loss, "val_loss": None, "lr": lr, "grad_norm": norm,
                    "tokens_per_sec": tokens / (time.time() - t0), "elapsed": time.time() - t_start}
-            last = step == cfg.max_steps - 1 or loss <= cfg.target_loss or step == stop_after
-            # evaluate on the held-out text every eval_interval steps, and at the end
+            late = time_limit is not None and world.all_reduce_mean(time.time() - t_call >= time_limit) > 0
+            stop = loss <= cfg.target_loss or step == stop_after or late  # late on any rank: every rank stops
+            last = stop or step == cfg.max_steps - 1
+            # evaluate on the held-out text every eval_interval steps, and at the end (each rank its share)
             if "val" in loaders and (step % cfg.eval_interval == 0 or last):
-                rec["val_loss"] = estimate_loss(fast.model, loaders["val"], cfg.eval_iters, **fast.step_args)
-            # log: the history, metrics.jsonl, and whatever the caller listens with
+                rec["val_loss"] = world.all_reduce_mean(
+                    estimate_loss(fast.model, loaders["val"], share.eval_iters, **fast.step_args))
+            # log: the history, metrics.jsonl, and whatever the caller listens with (on the main process)
             history.append(rec)
-            for log in ([run.log] if run.log else []) + list(callbacks):
+            for log in ([run.log] if run.log else []) + (list(callbacks) if world.is_main else []):
                 log(rec)
             # checkpoint every ckpt_interval steps and at the end
             if (step + 1) % cfg.ckpt_interval == 0 or last:
                 run.save(step, model, optimizer, cfg, loaders, fast.scaler, rec["elapsed"])
-            # stop early: at the target loss (0.099: the text memorised), or where asked
-            if loss <= cfg.target_loss or step == stop_after:
+            # stop early: at the target loss (0.099: the text memorised), or where or when asked
+            if stop:
                 break
     except KeyboardInterrupt:  # Ctrl-C, or a notebook's stop button: keep what the run has done
         if done is not None:
             save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, fast.scaler, t_start)
         raise
     finally:
-        for part in (fast, run):
+        for part in (fast, run, world if own_world else None):
             if part is not None:
                 part.close()
     return history
 
 def save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, scaler, t_start):
     """On Ctrl-C: save the last finished step; the interrupted step's batches are read again on resume."""
-    if run.ckpt is None:
+    if run.ckpt is None or not run.writes:
         return
     if done < step:  # stopped mid-step: rewind the loaders to where that step began
         for name, loader in loaders.items():

@@ -4,6 +4,11 @@
     python train.py --preset smoke          # seconds: checks that everything runs
     python train.py --preset gpu --batch-size 16 --grad-accum 8   # same tokens per step, less memory
     python train.py --out-dir out --resume  # continue the run saved in out/
+    python train.py --data shards/          # token shards made by scripts/make_shards.py, not input.txt
+    torchrun --standalone --nproc_per_node=4 train.py   # 4 processes (GPUs) in DDP, notebook 09
+
+Under torchrun each process reads its own slice of the data and runs grad_accum / N of the
+micro-batches of a step (tokens per step stay B*T*grad_accum); rank 0 prints and saves.
 
 Writes out_dir/ckpt.pt (model, optimizer, data positions, RNG: an exact resume),
 out_dir/metrics.jsonl (one JSON line per step) and out_dir/sample.txt (generated text).
@@ -75,8 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="micro-batches per optimizer step (tokens per step = B * T * K)")
     p.add_argument("--target-loss", type=float, metavar="L",
                    help="stop early once a step's average training loss is at or below L")
+    p.add_argument("--data", metavar="PATH",
+                   help="a UTF-8 text file, or a folder of token shards made by scripts/make_shards.py "
+                        "(default: input.txt)")
     p.add_argument("--out-dir", default="out", help="where ckpt.pt, metrics.jsonl and sample.txt go (default: out)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
+    p.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
+                   help="stop after the first step that ends this many seconds into the run, with a checkpoint "
+                        "(then --resume)")
     p.add_argument("--stop-after", type=non_negative_int, metavar="STEP",
                    help="stop after this step with a checkpoint, as an interruption would (then --resume)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps (default: the fastest one here)")
@@ -104,7 +115,7 @@ FLAG_FIELDS = {"batch_size": "batch_size", "seq_len": "seq_len", "lr": "max_lr",
                "grad_accum": "grad_accum_steps", "target_loss": "target_loss", "seed": "seed"}
 
 
-def make_config(args, parser, ckpt_path: Path):
+def make_config(args, parser, ckpt_path: Path, world_size: int = 1):
     """The run's TrainConfig: the preset (or, resuming, the checkpoint's) plus the flags given."""
     if args.resume and args.preset is None:
         try:
@@ -121,18 +132,21 @@ def make_config(args, parser, ckpt_path: Path):
             parser.error(str(e))
         base, source = gh.get_preset(name), f"preset {name!r}"
     overrides = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items() if getattr(args, flag) is not None}
-    overrides |= speed_switches(args)
+    overrides |= speed_switches(args, world_size)
     try:
         return gh.TrainConfig(**(asdict(base) | overrides)), source
     except ValueError as e:
         parser.error(f"{e} (from the {source} and the flags given)")
 
 
-def speed_switches(args) -> dict:
-    """Notebook 08's switches: the device's fast path, less what the flags turn off."""
+def speed_switches(args, world_size: int = 1) -> dict:
+    """Notebook 08's switches: the device's fast path, less what the flags turn off. Under DDP the
+    loss goes through the wrapper's forward, so not through the fused head (notebook 09)."""
     switches = gh.recommended_switches(args.device)
     if args.compile is not None:
         switches |= {"compile": args.compile, "fused_head": not args.compile}
+    if world_size > 1:
+        switches["fused_head"] = False
     for name in gh.SPEED_SWITCHES:
         if getattr(args, f"no_{name}", False):
             switches[name] = False
@@ -167,12 +181,17 @@ def check_out_dir(args, parser, out_dir: Path):
         parser.error(f"--out-dir {str(out_dir)!r}: {str(existing)!r} is a file, not a folder; choose another --out-dir")
 
 
-def describe(cfg, model, source: str, args, out_dir: Path):
+def describe(cfg, model, source: str, args, out_dir: Path, world):
     flags = " + flags" if any(getattr(args, f) is not None for f in FLAG_FIELDS) else ""
-    print(f"settings: {source}{flags}, device {args.device}, {'resuming' if args.resume else 'writing'} {out_dir}/")
+    print(f"settings: {source}{flags}, device {world.device}, {'resuming' if args.resume else 'writing'} {out_dir}/")
     print(f"model: {cfg.model} -> {model.num_parameters():,} parameters")
     print("training: " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if k != "model"))
-    print(f"tokens per step: {cfg.tokens_per_step:,} (B {cfg.batch_size} x T {cfg.seq_len} x accum {cfg.grad_accum_steps})")
+    print(f"data: {args.data or 'input.txt'}")
+    n = world.world_size
+    accum = f"accum {cfg.grad_accum_steps}" + (f" = {cfg.grad_accum_steps // n} x {n} processes" if n > 1 else "")
+    print(f"tokens per step: {cfg.tokens_per_step:,} (B {cfg.batch_size} x T {cfg.seq_len} x {accum})")
+    if n > 1:
+        print(f"processes: {n} in DDP over {'NCCL' if world.device.type == 'cuda' else 'gloo'}; rank 0 logs and saves")
     on = [name for name in gh.SPEED_SWITCHES if getattr(cfg, name)]
     print(f"fast path: {', '.join(on) or 'off'} (each where {args.device} supports it)")
 
@@ -194,6 +213,8 @@ def finish(history, cfg, model, args, out_dir: Path):
     last = history[-1]
     if last["loss"] <= cfg.target_loss:
         print(f"reached the target loss {cfg.target_loss} at step {last['step']}")
+    elif args.time_limit and last["step"] not in (cfg.max_steps - 1, args.stop_after):
+        print(f"stopped at the time limit ({args.time_limit:g} s) after step {last['step']}: --resume continues")
     print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"
           + (f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
           + f", {last['elapsed']:.0f} s in all")
@@ -211,34 +232,49 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     check_out_dir(args, parser, out_dir)
     args.device = pick_device(args, parser)
-    cfg, source = make_config(args, parser, out_dir / "ckpt.pt")
+    world = gh.Distributed(args.device)  # the processes torchrun started (notebook 09), or this one alone
+    try:
+        return run(args, parser, world, out_dir)
+    finally:
+        world.close()
+
+
+def run(args, parser, world, out_dir: Path) -> int:
+    """Build the model and the data, train, and report: every process trains, rank 0 reports."""
+    cfg, source = make_config(args, parser, out_dir / "ckpt.pt", world.world_size)
     import torch
 
     torch.manual_seed(cfg.seed)
     model = gh.GPT(cfg.model)
-    describe(cfg, model, source, args, out_dir)
-    callbacks = [report]
+    callbacks, prog = [report], "train.py" + (f" (rank {world.rank})" if world.world_size > 1 else "")
     try:
+        world.share(cfg, {})  # raises if the processes cannot share a step
+        if world.is_main:
+            describe(cfg, model, source, args, out_dir, world)
         if args.tensorboard:
             callbacks.append(TensorBoardLog(out_dir))
         callbacks.append(ProgressBar(cfg.max_steps))
-        history = gh.train(model, cfg, device=args.device, out_dir=out_dir, resume=args.resume,
-                           callbacks=callbacks, stop_after=args.stop_after)
+        loader = gh.data_loader(args.data, cfg.batch_size, cfg.seq_len, "train", cfg.val_fraction,
+                                rank=world.rank, world_size=world.world_size)
+        history = gh.train(model, cfg, train_loader=loader, out_dir=out_dir, resume=args.resume,
+                           callbacks=callbacks, stop_after=args.stop_after, time_limit=args.time_limit, world=world)
     except (FileExistsError, FileNotFoundError, ImportError, ValueError, OSError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)  # no usage block: not a misspelt flag
+        print(f"{prog}: error: {e}", file=sys.stderr)  # no usage block: not a misspelt flag
         sys.exit(2)
     except FloatingPointError as e:
-        print(f"train.py: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         ckpt = out_dir / "ckpt.pt"
         saved = f"the last checkpoint is {ckpt}" if ckpt.is_file() else "no checkpoint was saved yet"
-        print(f"\ninterrupted: {saved}; continue with: python train.py --out-dir {out_dir} --resume", file=sys.stderr)
+        if world.is_main:
+            print(f"\ninterrupted: {saved}; continue with: python train.py --out-dir {out_dir} --resume", file=sys.stderr)
         return 130
     finally:
         for callback in callbacks[1:]:
             callback.close()
-    finish(history, cfg, model, args, out_dir)
+    if world.is_main:
+        finish(history, cfg, model, args, out_dir)
     return 0
 
 

@@ -139,7 +139,8 @@ def time_steps(pairs: list, steps: int, peak_tflops: float | None):
 
 
 def ladder(args) -> list[dict]:
-    """Measure every rung; on a CPU the rungs live side by side and their steps interleave."""
+    """Measure every rung, writing --json even when stopped part-way; on a CPU the rungs live side by
+    side and their steps interleave."""
     on, rows, alive, tf32, batch, vocab = {}, [], [], get_tf32(), fixed_batch(args), padded_vocab(args.model.vocab_size)
     dtype = "fp16, grad scaler" if autocast_dtype(args.device) == torch.float16 else "bf16"
     try:
@@ -161,11 +162,12 @@ def ladder(args) -> list[dict]:
             if args.device.type != "cpu":  # nothing else runs on a GPU: one rung at a time, in less memory
                 time_steps(alive, args.steps, args.peak_tflops)
         time_steps(alive, args.steps, args.peak_tflops)
-    finally:
+        ran = [r for r in rows if r["status"] == "ran"]
+        for r in ran:
+            r["speedup"] = r["tokens_per_sec"] / ran[0]["tokens_per_sec"]
+    finally:  # also when stopped (Ctrl-C, a time limit): --json keeps the rungs measured so far
         set_tf32(tf32)
-    ran = [r for r in rows if r["status"] == "ran"]
-    for r in ran:
-        r["speedup"] = r["tokens_per_sec"] / ran[0]["tokens_per_sec"]
+        write_json(args, rungs=rows)
     return rows
 
 
@@ -238,9 +240,8 @@ def write_json(args, **figures):
 def main(argv=None):
     args = parse_args(__doc__.split("\n\n")[0], argv)
     header(args, "the rungs' steps interleaved" if args.device.type == "cpu" else "one rung at a time")
-    rows = ladder(args)
+    rows = ladder(args)  # writes --json
     print("\nthe ladder (each rung keeps the ones above it; speedup over the first):\n" + table(rows))
-    write_json(args, rungs=rows)
     return rows
 
 

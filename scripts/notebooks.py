@@ -41,7 +41,7 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.])(/(home|Users|tmp|root|work|content|var|p
 def notebook_paths(names=()):
     if names:
         return [Path(n).resolve() for n in names]
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) + sorted(NOTEBOOKS.glob("solutions/[0-9][0-9]_*.ipynb"))
 
 
 def setup_cell_index(nb) -> int | None:

@@ -172,3 +172,22 @@ def test_colab_link_pattern_reads_links():
     # the link checks above pass vacuously if the pattern stops matching: keep it honest
     link = "[![Open](b.svg)](https://colab.research.google.com/github/me/course/blob/main/notebooks/01_x.ipynb)"
     assert _colab_links(link) == [("me", "course", "main", "notebooks/01_x.ipynb")]
+
+
+SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("[0-9][0-9]_*_solutions.ipynb"))
+
+
+def test_every_lesson_has_a_solutions_notebook():
+    lessons = {p.stem for p in NOTEBOOKS}
+    answered = {p.stem.removesuffix("_solutions") for p in SOLUTIONS}
+    assert lessons == answered, f"lessons without solutions: {sorted(lessons - answered)}; strays: {sorted(answered - lessons)}"
+
+
+@pytest.mark.parametrize("path", SOLUTIONS, ids=[p.name for p in SOLUTIONS])
+def test_solutions_notebook_is_clean_and_links_its_lesson(path):
+    nb = nbformat.read(path, as_version=4)
+    found = notebooks_script.problems(nb, path.name)
+    assert not found, "\n".join(found) + "\n(fix: python scripts/notebooks.py run notebooks/solutions/" + path.name + ")"
+    lesson = path.name.replace("_solutions", "")
+    first_markdown = next(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert f"../{lesson}" in first_markdown, f"{path.name} does not link back to ../{lesson}"

@@ -475,6 +475,16 @@ def test_checkpoint_write_is_atomic(tiny_config, tmp_path, monkeypatch):
     assert load_checkpoint(path)["step"] == 1  # the previous checkpoint, intact
 
 
+def test_time_limit_stops_after_a_step_with_a_checkpoint_and_resume_continues(text_file, tmp_path):
+    cfg = tiny_run(max_steps=6)
+    _, whole = run(cfg, text_file)
+    _, first = run(cfg, text_file, out_dir=tmp_path, time_limit=0.0)  # already late after the first step
+    assert [r["step"] for r in first] == [0] and first[0]["val_loss"] is not None  # evaluated as a last step
+    assert load_checkpoint(tmp_path / "ckpt.pt")["step"] == 0
+    _, rest = run(cfg, text_file, out_dir=tmp_path, resume=True)
+    assert [r["loss"] for r in first + rest] == [r["loss"] for r in whole]
+
+
 def test_saving_and_resuming_remove_what_killed_saves_left(text_file, tmp_path):
     # kill -9 during torch.save leaves .ckpt.pt.tmp-<pid>; nothing else would ever delete it
     cfg = tiny_run(max_steps=4)
