@@ -1535,9 +1535,8 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
     callbacks: each called with every step's record (ProgressBar, TensorBoardLog, your own).
     stop_after=k ends after step k with a checkpoint; so does Ctrl-C, after the last finished step,
     and time_limit=s, after the first step that ends s seconds or more into this call.
-    cfg's speed switches (notebook 08) are applied where this device supports them.
-    world: the processes of the run, a Distributed (notebook 09) whose device the run uses; by
-    default Distributed(device): torchrun's processes, else this one alone."""
+    cfg's speed switches (notebook 08) apply where the device allows. world: the run's processes, a
+    Distributed (notebook 09) whose device the run uses; by default torchrun's, else this one alone."""
     own_world, world = world is None, world or Distributed(device)
     device = world.device  # under torchrun on GPUs: this rank's GPU
     loaders = default_loaders(cfg, train_loader, val_loader, world)
