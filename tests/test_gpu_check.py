@@ -3,7 +3,6 @@ smoke preset), and the time caps that keep the real check within 9 minutes.
 
 The dry run takes one to two minutes on 2 cores; `pytest -m "not gpu_check"` leaves it out."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,14 +20,7 @@ RUNGS = ["original", "tf32", "autocast", "sdpa", "compile", "pad_vocab", "fused_
 PHASES = ["setup", "cuda_tests", "ladder", "compare_hf", "train", "notebook_05", "notebook_08"]
 
 
-def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check_script", ROOT / "scripts" / "gpu_check.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = load_gpu_check()
+from scripts import gpu_check  # noqa: E402  (scripts/: a namespace package)
 
 
 # ----------------------------------------------------------------------------- the dry run

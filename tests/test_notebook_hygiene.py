@@ -6,7 +6,6 @@ problems), so a failure here is fixed with `python scripts/notebooks.py run NB`.
 """
 
 import ast
-import importlib.util
 import re
 from pathlib import Path
 
@@ -22,14 +21,7 @@ _PART = r"([^/\s)\"']+)"  # one path segment of a link
 COLAB_LINK = re.compile(rf"https://colab\.research\.google\.com/github/{_PART}/{_PART}/blob/{_PART}/([^\s)\"'>]+)")
 
 
-def _load_notebooks_script():
-    spec = importlib.util.spec_from_file_location("course_notebooks_script", ROOT / "scripts" / "notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-notebooks_script = _load_notebooks_script()
+from scripts import notebooks as notebooks_script  # noqa: E402  (scripts/: a namespace package)
 
 
 def _repo_url() -> str:

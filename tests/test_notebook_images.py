@@ -19,7 +19,6 @@ same problems); a missing diagram is fixed with `python scripts/diagrams.py embe
 """
 
 import base64
-import importlib.util
 import io
 import re
 from pathlib import Path
@@ -31,14 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 
 
-def _load_diagrams_script():
-    spec = importlib.util.spec_from_file_location("course_diagrams_script", ROOT / "scripts" / "diagrams.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import diagrams  # noqa: E402  (scripts/ is a namespace package at the course root)
 
-
-diagrams = _load_diagrams_script()
 ALL = diagrams.notebook_paths(NOTEBOOK_DIR)  # (path, is a lesson), solutions included
 LESSONS = [p for p, lesson in ALL if lesson]
 

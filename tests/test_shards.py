@@ -2,7 +2,6 @@
 ids are exactly the text's, streaming; ShardLoader reads them like DataLoaderLite, slices them by
 rank, resumes at an exact position; train.py trains on a shard folder; bad inputs say what to do."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EOT = 50256  # <|endoftext|>: each document starts with it
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("make_shards", ROOT / "scripts" / "make_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_shards_script = load_script()
+from scripts import make_shards as make_shards_script  # noqa: E402  (scripts/: a namespace package)
 
 
 def make_shards(source, out_dir, **kwargs):
