@@ -439,8 +439,13 @@ def load_tokens(path=None) -> torch.Tensor:
     st = path.stat()
     return encode_file(str(path.resolve()), st.st_mtime_ns, st.st_size)
 
-def check_slice(who: str, rank, world_size):
-    """rank and world_size name a loader's slice of the data: rank r of N reads every N-th batch."""
+def check_loader_args(who: str, B, T, split, rank, world_size):
+    """A loader's batch shape, its split, and its slice of the data (rank r of N reads every N-th batch)."""
+    for name, value in (("B", B), ("T", T)):
+        if not is_positive_int(value):
+            raise ValueError(f"{who}: {name} must be a positive integer, got {value!r}")
+    if split not in ("train", "val"):
+        raise ValueError(f"{who}: split must be 'train' or 'val', got {split!r}")
     if not is_positive_int(world_size) or not (isinstance(rank, int) and 0 <= rank < world_size):
         raise ValueError(f"{who}: rank must be in 0..world_size-1 and world_size a positive integer, "
                          f"got rank {rank!r} of world_size {world_size!r}")
@@ -452,15 +457,10 @@ class DataLoaderLite:
 
     def __init__(self, B: int, T: int, path=None, split: str = "train", val_fraction: float = 0.1,
                  verbose: bool = False, rank: int = 0, world_size: int = 1):
-        for name, value in (("B", B), ("T", T)):
-            if not is_positive_int(value):
-                raise ValueError(f"DataLoaderLite: {name} must be a positive integer, got {value!r}")
-        if split not in ("train", "val"):
-            raise ValueError(f"DataLoaderLite: split must be 'train' or 'val', got {split!r}")
+        check_loader_args("DataLoaderLite", B, T, split, rank, world_size)
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
                 or not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"DataLoaderLite: val_fraction must be a number in [0, 1), got {val_fraction!r}")
-        check_slice("DataLoaderLite", rank, world_size)
         self.B, self.T, self.split, self.rank, self.world_size = B, T, split, rank, world_size
         self.path = Path(path if path is not None else DEFAULT_INPUT)
         tokens = load_tokens(self.path)
@@ -1222,7 +1222,7 @@ def can_compile(device) -> bool:
 def recommended_switches(device) -> dict:
     """The fast path for a device, as train.py uses it: every switch that helps there."""
     cuda = torch.device(device).type == "cuda"
-    compiled = cuda and can_compile(device)  # compiling on a CPU takes minutes for a tie (notebook 08)
+    compiled = cuda and can_compile(device)  # a CPU compiles for a minute to step slower (notebook 08, ex. 3)
     return {"tf32": cuda, "autocast": cuda, "compile": compiled, "fused_adamw": cuda,
             "fused_head": not compiled}  # compiled, Inductor fuses the plain loss instead
 
@@ -1375,12 +1375,7 @@ class ShardLoader:
     The position is (shard, token); rank and world_size slice the batches as in DataLoaderLite."""
 
     def __init__(self, B: int, T: int, folder, split: str = "train", rank: int = 0, world_size: int = 1):
-        for name, value in (("B", B), ("T", T)):
-            if not is_positive_int(value):
-                raise ValueError(f"ShardLoader: {name} must be a positive integer, got {value!r}")
-        if split not in ("train", "val"):
-            raise ValueError(f"ShardLoader: split must be 'train' or 'val', got {split!r}")
-        check_slice("ShardLoader", rank, world_size)
+        check_loader_args("ShardLoader", B, T, split, rank, world_size)
         self.B, self.T, self.split, self.rank, self.world_size = B, T, split, rank, world_size
         self.path = Path(folder)
         if not self.path.is_dir():

@@ -1,7 +1,8 @@
 """How far the cpu preset gets in a run of `python train.py --preset cpu`, timed (issue 13).
 
-    python benchmarks/cpu_preset.py                     # the preset, with train.py's switches for this device
-    python benchmarks/cpu_preset.py --threads 1         # the same on one core
+    python benchmarks/cpu_preset.py                     # the preset, with train.py's switches for this device,
+                                                        # then again on one core (a fresh process, its own clock)
+    python benchmarks/cpu_preset.py --threads 1         # only the one-core run
     python benchmarks/cpu_preset.py --bf16              # bf16 autocast on the CPU (AVX512-BF16 / AMX)
     python benchmarks/cpu_preset.py --preset-override max_steps=800 --preset-override n_embd=128
 
@@ -21,6 +22,7 @@ T_START = time.perf_counter()  # noqa: E402 (the clock starts before the imports
 
 import argparse  # noqa: E402
 import ast  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -171,9 +173,13 @@ def report(args, cfg, dtype, recorder, history, sample, wall):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     cfg, dtype, model, recorder, history, sample, wall = run(args)
     report(args, cfg, dtype, recorder, history, sample, wall)
+    if args.threads is None:  # what one core gives: the same run in a fresh process, so its clock starts fresh
+        print("\n=== the same run on one core (torch.set_num_threads(1)) ===", flush=True)
+        return subprocess.run([sys.executable, __file__, *argv, "--threads", "1"]).returncode
     return 0
 
 
