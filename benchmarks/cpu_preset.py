@@ -34,14 +34,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: gpt_helpers is one folder up
 
 import gpt_helpers as gh  # noqa: E402
+from train import positive_int  # noqa: E402 (the argparse type of train.py's flags)
 
 MODEL_FIELDS = {f.name for f in fields(gh.GPTConfig)}
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be a whole number of threads, 1 or more, got {text!r}")
-    return int(text)
 
 
 def parse_args(argv=None):

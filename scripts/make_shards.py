@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the tokenizer and the shard format come from gpt_helpers
     sys.path.insert(0, str(ROOT))
 
+from train import positive_float, positive_int  # noqa: E402 (train.py's argparse types: light, no torch)
+
 
 def corpus_files(source: Path) -> list[Path]:
     """The documents of a corpus: one text file, or every file under a folder (hidden ones left
@@ -155,25 +157,16 @@ def make_shards(source, out_dir, shard_size: int = 10_000_000, val_shards: int =
     return writer.written
 
 
-def positive(convert):
-    def parse(text):
-        value = convert(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
-        return value
-    return parse
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="make_shards.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path, help="a UTF-8 text file, or a folder of them (each file one document)")
     p.add_argument("out_dir", type=Path, help="where the shards go (a new or empty folder)")
-    p.add_argument("--shard-size", type=positive(int), default=10_000_000, metavar="N",
+    p.add_argument("--shard-size", type=positive_int, default=10_000_000, metavar="N",
                    help="tokens per shard (default 10,000,000: 20 MB a shard)")
-    p.add_argument("--val-shards", type=positive(int), default=1, metavar="N",
+    p.add_argument("--val-shards", type=positive_int, default=1, metavar="N",
                    help="how many of the first shards are the validation split (default 1)")
-    p.add_argument("--block-mb", type=positive(float), default=1.0, metavar="MB",
+    p.add_argument("--block-mb", type=positive_float, default=1.0, metavar="MB",
                    help="text read and tokenized at a time (default 1 MB)")
     args = p.parse_args(argv)
     try:

@@ -131,14 +131,19 @@ def test_fresh_clone_is_imported(course, content, stand_in, tmp_path, imported_f
     assert not (tmp_path / "pip.log").exists() or "torch" not in (tmp_path / "pip.log").read_text()
 
 
+def pip_calls(tmp_path) -> list:
+    """The stand-in pip's calls, one list of arguments each: [] when the cell never ran pip."""
+    log = tmp_path / "pip.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
 def test_only_missing_packages_are_installed_never_torch(course, content, stand_in, tmp_path):
     # this kernel "lacks" transformers, torchsummary and tqdm (and has torch: Colab's build must stay)
     hide = ("import importlib.util\n_find_spec = importlib.util.find_spec\nimportlib.util.find_spec = "
             "lambda name, *a: None if name in ('tqdm', 'torchsummary', 'transformers') else _find_spec(name, *a)\n")
     done = run_cell(content, course.url, stand_in, before=hide)
     assert done.returncode == 0, done.stderr
-    calls = [json.loads(line) for line in (tmp_path / "pip.log").read_text().splitlines()]
-    assert calls == [["install", "-q", "transformers>=5.0", "torchsummary", "tqdm"]]  # never a 4.x transformers
+    assert pip_calls(tmp_path) == [["install", "-q", "transformers>=5.0", "torchsummary", "tqdm"]]  # never a 4.x transformers
 
 
 def test_transformers_older_than_5_is_upgraded(course, content, stand_in, tmp_path):
@@ -147,8 +152,7 @@ def test_transformers_older_than_5_is_upgraded(course, content, stand_in, tmp_pa
            "importlib.metadata.version = lambda name: '4.57.1' if name == 'transformers' else _version(name)\n")
     done = run_cell(content, course.url, stand_in, before=old)
     assert done.returncode == 0, done.stderr
-    calls = [json.loads(line) for line in (tmp_path / "pip.log").read_text().splitlines()]
-    assert calls == [["install", "-q", "transformers>=5.0"]]
+    assert pip_calls(tmp_path) == [["install", "-q", "transformers>=5.0"]]
 
 
 def test_transformers_without_package_metadata_is_kept(course, content, stand_in, tmp_path):
@@ -161,7 +165,7 @@ def test_transformers_without_package_metadata_is_kept(course, content, stand_in
             "importlib.metadata.version = version\n")
     done = run_cell(content, course.url, stand_in, before=bare)
     assert done.returncode == 0, done.stderr
-    assert not (tmp_path / "pip.log").exists()
+    assert pip_calls(tmp_path) == []
 
 
 def test_partial_clone_is_replaced(course, content, stand_in):
