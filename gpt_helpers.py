@@ -93,6 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # AdamW decay, on matrices and embeddings only
     beta1: float = 0.9
     beta2: float = 0.95
+    adam_eps: float = 1e-8  # AdamW's epsilon, torch's default (notebook 05 shows when to raise it)
     grad_clip: float = 1.0  # clip the global gradient norm to this
     target_loss: float = 0.099  # stop once a step's average loss is at or below this
     eval_interval: int = 250  # steps between validation losses
@@ -119,6 +120,7 @@ class TrainConfig:
             )
         checks = [("max_lr", self.max_lr > 0, "must be positive"),
                   ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "must be in [0, 1]"),
+                  ("adam_eps", self.adam_eps > 0, "must be positive (1e-8 in GPT-2's recipe)"),
                   ("grad_clip", self.grad_clip > 0, "must be positive (1.0 in GPT-2)"),
                   ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
                   ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)")]
@@ -136,12 +138,14 @@ PRESETS = {
     # the original notebook's run: GPT-2 124M on a GPU, with the fast path of notebook 08
     # (compiled, the plain loss gets Inductor's fused softmax: the fused head is for eager runs)
     "gpu": TrainConfig(tf32=True, autocast=True, compile=True, fused_adamw=True),
-    # a small GPT that visibly learns on a laptop CPU in a few minutes: 64 wide, because the
-    # 50257-row output layer dominates the cost; a high LR suits so small a model
+    # a small GPT that learns on a laptop CPU in under three minutes (notebook 05, benchmarks/cpu_preset.py):
+    # 64 wide, because the 50257-row output layer dominates the cost; 8-token windows, because in
+    # so short a run a small model learns the next token from the last few faster than from 128;
+    # eps 1e-6 keeps Adam from marching the rows of the ~38,700 tokens the text never holds
     "cpu": TrainConfig(
-        model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=64),
-        batch_size=8, seq_len=128, grad_accum_steps=1, max_lr=1e-2, warmup_steps=10,
-        max_steps=900, eval_interval=150, eval_iters=5, ckpt_interval=300,
+        model=GPTConfig(block_size=8, n_layer=4, n_head=4, n_embd=64),
+        batch_size=128, seq_len=8, grad_accum_steps=1, max_lr=7e-3, min_lr_ratio=0.0, warmup_steps=10,
+        max_steps=1000, beta2=0.99, adam_eps=1e-6, eval_interval=150, eval_iters=5, ckpt_interval=300,
     ),
     # seconds on a 2-core CI machine: checks the plumbing, learns nothing
     "smoke": TrainConfig(
@@ -527,7 +531,7 @@ def configure_optimizer(model, cfg: TrainConfig, device_type: str = "cpu"):
     """AdamW over param_groups; with cfg.fused_adamw, its fused kernel where torch has one."""
     fused = cfg.fused_adamw and device_type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.max_lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=1e-8, **({"fused": True} if fused else {}))
+                             betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, **({"fused": True} if fused else {}))
 
 def lr_schedule(step, cfg):
     """Linear warmup to max_lr, cosine decay to min_lr at max_steps, min_lr after."""
@@ -667,7 +671,7 @@ def restore_checkpoint(state: dict, path, model, optimizer=None, loaders: dict |
     RNG states, so the next step is the one the saved run would have taken. With train_config,
     first check that the run was trained with it."""
     if train_config is not None and state["train_config"] is not None:
-        old = state["train_config"]
+        old = asdict(TrainConfig()) | state["train_config"]  # a field newer than the checkpoint: its default
         diffs = [f"{k}: checkpoint {old.get(k)!r}, now {v!r}" for k, v in asdict(train_config).items()
                  if k not in RESUME_MAY_CHANGE and old.get(k) != v]
         if diffs:

@@ -144,6 +144,7 @@ def test_preset_choice_and_overrides(monkeypatch):
     ("batch_size", -2, "batch_size must be a positive integer"),
     ("max_lr", 0.0, "max_lr must be positive"),
     ("grad_clip", 0.0, "grad_clip must be positive"),
+    ("adam_eps", 0.0, "adam_eps must be positive"),
     ("val_fraction", 1.0, "val_fraction must be in"),
 ])
 def test_train_config_rejects_bad_values(field, value, message):
@@ -169,6 +170,22 @@ def test_weight_decay_only_on_matrices_and_embeddings(tiny_config):
     assert all(n.endswith(".weight") for n in decayed)
     assert all(n.endswith(".bias") or ".ln_" in n or "ln_f" in n for n in kept)
     assert {n for n in names.values() if n.endswith(".bias") or "ln_" in n} == kept
+
+
+def test_adam_eps_damps_only_the_weights_whose_gradients_are_tiny():
+    # Adam moves a weight by about the LR whatever its gradient's size, unless the gradient is
+    # near eps: the cpu preset raises eps so that rows of tokens the text never holds stay put
+    for eps, tiny_moves in ((1e-8, True), (1e-6, False)):
+        w = torch.nn.Parameter(torch.zeros(2, 1))
+        model = torch.nn.Module()
+        model.w = w
+        opt = configure_optimizer(model, tiny_run(adam_eps=eps, weight_decay=0.0))
+        assert opt.defaults["eps"] == eps
+        w.grad = torch.tensor([[1e-3], [1e-7]])  # a token in the batch, a token never seen
+        opt.step()
+        lr = opt.param_groups[0]["lr"]
+        assert -w[0].item() == pytest.approx(lr, rel=1e-2)  # the normal step, either way
+        assert (-w[1].item() > 0.5 * lr) is tiny_moves  # 1e-8: 0.91 of the step; 1e-6: 0.09 of it
 
 
 def test_param_groups_decay_every_matrix_and_count_the_tied_one_once(tiny_config):
@@ -582,6 +599,20 @@ def test_resume_with_other_settings_is_refused(text_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run(cfg, text_file, out_dir=tmp_path / "empty", resume=True)
     assert before[0] != (tmp_path / "ckpt.pt").read_bytes()  # the allowed resume did save
+
+
+def test_a_checkpoint_from_before_adam_eps_resumes_with_its_default(text_file, tmp_path):
+    # checkpoints written before TrainConfig had adam_eps trained with torch's 1e-8
+    cfg = tiny_run()
+    _, whole = run(cfg, text_file, out_dir=tmp_path / "a")
+    run(cfg, text_file, out_dir=tmp_path / "b", stop_after=3)
+    state = torch.load(tmp_path / "b" / "ckpt.pt", weights_only=False)
+    del state["train_config"]["adam_eps"]
+    torch.save(state, tmp_path / "b" / "ckpt.pt")
+    _, rest = run(cfg, text_file, out_dir=tmp_path / "b", resume=True)
+    assert [r["loss"] for r in rest] == [r["loss"] for r in whole[4:]]
+    with pytest.raises(ValueError, match="different TrainConfig.*adam_eps: checkpoint 1e-08, now 1e-06"):
+        run(tiny_run(adam_eps=1e-6), text_file, out_dir=tmp_path / "b", resume=True)
 
 
 def test_an_earlier_run_is_never_overwritten(text_file, tmp_path):
