@@ -692,9 +692,9 @@ DIAGRAMS = (
     Diagram("08_performance.ipynb", "diagram-step-flops", "step-flops.png", flops_breakdown,
             "## 2. FLOPs per token and MFU",
             "One training step at the cpu preset as a bar of FLOPs: the forward pass a third, the backward pass "
-            "two thirds, clipping and AdamW about 0.2%; lm_head and the loss take about 92% of it, against 30% "
+            "two thirds, clipping and AdamW about 0.2%; lm_head and the loss take about 94% of it, against 30% "
             "in GPT-2 124M",
-            "At the cpu preset `lm_head` and the loss take about 92% of a step's FLOPs and the blocks under 8%, "
+            "At the cpu preset `lm_head` and the loss take about 94% of a step's FLOPs and the blocks about 6%, "
             "where in GPT-2 124M the head takes 30%; these are FLOPs counted by the formula above, not "
             "measured time."),
 )
