@@ -54,6 +54,9 @@ GPT2_VOCAB_SIZE = 50257  # ids the GPT-2 tokenizer can decode; a padded vocab ad
 def is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
+def is_seed(value) -> bool:  # what torch.manual_seed and random.seed both take
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
 def check_positive(obj, names):
     for name in names:
         value = getattr(obj, name)
@@ -123,7 +126,8 @@ class TrainConfig:
                   ("adam_eps", self.adam_eps > 0, "must be positive (1e-8 in GPT-2's recipe)"),
                   ("grad_clip", self.grad_clip > 0, "must be positive (1.0 in GPT-2)"),
                   ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-                  ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)")]
+                  ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
+                  ("seed", is_seed(self.seed), "must be an integer in [0, 2**63)")]
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
@@ -508,7 +512,8 @@ class DataLoaderLite:
         if state.get("n_tokens") != len(self.tokens) or state.get("split") != self.split:
             raise ValueError(
                 f"data-loader state is for a {state.get('split')!r} split of {state.get('n_tokens')} tokens, "
-                f"this loader reads a {self.split!r} split of {len(self.tokens)}: same text file and val_fraction?")
+                f"this loader reads a {self.split!r} split of {len(self.tokens)}: same text file and val_fraction? "
+                "(train.py: the --data the run trained on)")
         position = state.get("position")
         if not isinstance(position, int) or not 0 <= position < len(self.tokens):
             raise ValueError(f"data-loader state has position {position!r}, not a token index of this split: "
@@ -632,6 +637,12 @@ def save_checkpoint(path, model, optimizer=None, step: int = 0, train_config: Tr
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows
+    except (OSError, RuntimeError) as e:  # a full disk: torch's zip writer wraps the OSError in a RuntimeError
+        cause = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(cause, OSError):  # not a failed write
+            raise
+        raise OSError(f"could not write checkpoint {str(path)!r} ({type(cause).__name__}: {first_line(cause)}): "
+                      "free some disk space or choose another folder; the previous checkpoint is unchanged") from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -831,9 +842,10 @@ def forward_cached(model, idx, cache: KVCache):
     return model.lm_head(hidden_states_cached(model, idx, cache))
 
 def check_prompt(model, idx, max_new_tokens):
-    if not torch.is_tensor(idx) or idx.dim() != 2 or idx.size(1) == 0:
+    if not torch.is_tensor(idx) or idx.dim() != 2 or idx.size(1) == 0 or idx.dtype not in (torch.long, torch.int):
         shape = tuple(idx.shape) if torch.is_tensor(idx) else type(idx).__name__
-        raise ValueError(f"idx must be a non-empty (B, T) tensor of token ids, got {shape}: encode a prompt first")
+        raise ValueError(f"idx must be a non-empty (B, T) tensor of integer token ids, got shape {shape} and dtype "
+                         f"{getattr(idx, 'dtype', None)}: encode a prompt first")
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     lo, hi = idx.min().item(), idx.max().item()
@@ -877,6 +889,8 @@ def generate_text(model, prompt: str, max_new_tokens: int = 50, num_samples: int
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
     if not is_positive_int(num_samples):
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if seed is not None and not is_seed(seed):
+        raise ValueError(f"seed must be an integer in [0, 2**63) or None (a fresh draw), got {seed!r}")
     enc = get_tokenizer()
     model = unwrap(model)
     device = next(model.parameters()).device  # the prompt and the generator live with the model
@@ -1461,7 +1475,7 @@ def data_loader(path, B: int, T: int, split: str = "train", val_fraction: float 
 
 # =============================================================================================
 # The whole run: train(), notebook 05's loop with notebook 08's switches, and what a real run
-# adds beside it (an output folder, saving on Ctrl-C, a progress bar, TensorBoard)
+# adds beside it (an output folder, saving on Ctrl-C); train.py adds a progress bar and TensorBoard as callbacks
 # =============================================================================================
 
 def default_loaders(cfg: TrainConfig, train_loader=None, val_loader=None, world=None) -> dict:
@@ -1492,21 +1506,31 @@ class RunFolder:
             raise FileExistsError(f"{str(self.ckpt)!r} already exists: pass resume=True to continue "
                                   "that run, or use another out_dir")
         if self.writes and not resume and log is not None and log.exists():  # stopped before its first save
-            kept = log.with_name(f"metrics.before-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+            stamp, n = time.strftime("%Y%m%d-%H%M%S"), 1
+            kept = log.with_name(f"metrics.before-{stamp}.jsonl")
+            while kept.exists():  # never over a log kept earlier in the same second
+                n, kept = n + 1, log.with_name(f"metrics.before-{stamp}-{n + 1}.jsonl")
             log.rename(kept)
             print(f"{log.name} had no checkpoint beside it (a run stopped before its first save): "
                   f"kept it as {kept.name} and starting afresh")
         self.log_path, self.log, self.resume = log, None, resume
 
-    def start(self, model, optimizer, loaders, scaler, cfg) -> tuple[int, float]:
+    def start(self, model, optimizer, loaders, scaler, cfg, stop_after=None) -> tuple[int, float]:
         """Resume from the checkpoint, or seed a fresh run; open the log. Returns (first step, elapsed s)."""
         start, elapsed = 0, 0.0
         if self.resume:
             if self.writes:
                 remove_stale_tmp(self.ckpt)  # what a save killed mid-write left
             state = load_checkpoint(self.ckpt)
+            if state["optimizer"] is None or not state["loaders"]:  # saved by save_checkpoint(path, model) alone
+                raise ValueError(f"{str(self.ckpt)!r} holds weights but not the optimizer's state and the data "
+                                 "positions, so it cannot be resumed exactly: load it with model_from_checkpoint "
+                                 "and train it into a new out_dir")
             restore_checkpoint(state, self.ckpt, model, optimizer, loaders, scaler, train_config=cfg)
             start, elapsed = state["step"] + 1, state["extra"].get("elapsed", 0.0)
+            if stop_after is not None and stop_after < start:  # it would never be reached
+                raise ValueError(f"stop_after={stop_after} comes before step {start}, where this resumed run begins: "
+                                 f"stop after a later step (train.py: --stop-after)")
             saved = state["extra"].get("world_size", 1)
             if saved != self.world_size and self.writes:  # the loaders' positions are the whole run's: exact
                 print(f"resuming a run saved by {saved} process(es) on {self.world_size}: it goes on exactly where "
@@ -1519,9 +1543,11 @@ class RunFolder:
         return start, elapsed
 
     def save(self, step, model, optimizer, cfg, loaders, scaler, elapsed):
-        if self.ckpt is not None and self.writes:
+        if self.ckpt is not None and self.writes:  # the data's path too (None: input.txt), for train.py --resume
+            path = getattr(loaders["train"], "path", DEFAULT_INPUT)
+            data = None if path == DEFAULT_INPUT else str(path)
             save_checkpoint(self.ckpt, model, optimizer, step, cfg, loaders, scaler,
-                            extra={"elapsed": elapsed, "world_size": self.world_size})
+                            extra={"elapsed": elapsed, "world_size": self.world_size, "data": data})
 
     def close(self):
         if self.log:
@@ -1533,7 +1559,7 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
     """Train `model` as the original notebook did; return the per-step records.
 
     out_dir: ckpt.pt and metrics.jsonl go there; resume=True continues exactly from its checkpoint.
-    callbacks: each called with every step's record (ProgressBar, TensorBoardLog, your own).
+    callbacks: each called with every step's record (train.py's progress bar and TensorBoard, your own).
     stop_after=k ends after step k with a checkpoint; so does Ctrl-C, after the last finished step,
     and time_limit=s, after the first step that ends s seconds or more into this call.
     cfg's speed switches (notebook 08) apply where the device allows. world: the run's processes, a
@@ -1541,13 +1567,13 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
     own_world, world = world is None, world or Distributed(device)
     device = world.device  # under torchrun on GPUs: this rank's GPU
     loaders = default_loaders(cfg, train_loader, val_loader, world)
-    history, fast, run, done, step, at_start = [], None, None, None, None, None  # done: last step in the weights
+    history, fast, run, done, step, at_start, rec = [], None, None, None, None, None, None  # done: last step trained
     try:
         share = world.share(cfg, loaders)  # this rank's part of a step: grad_accum_steps / world_size
         fast = FastPath(world.wrap(model.to(device)), cfg, device)  # checks the switches before writing
         run = RunFolder(out_dir, resume, world)  # checks the folder before anything is written
         optimizer = configure_optimizer(model, cfg, device.type)
-        start, elapsed = run.start(model, optimizer, loaders, fast.scaler, cfg)
+        start, elapsed = run.start(model, optimizer, loaders, fast.scaler, cfg, stop_after)
         t_call = time.time()
         t_start = t_call - elapsed
         for step in range(start, cfg.max_steps):
@@ -1580,18 +1606,21 @@ def train(model, cfg: TrainConfig, *, device="cpu", train_loader=None, val_loade
                 break
     except KeyboardInterrupt:  # Ctrl-C, or a notebook's stop button: keep what the run has done
         if done is not None:
-            save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, fast.scaler, t_start)
+            save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, fast.scaler, t_start,
+                             rec, history)
         raise
-    finally:
-        for part in (fast, run, world if own_world else None):
-            if part is not None:
-                part.close()
+    finally:  # TF32 as it was, the log closed, and the process group left if this call joined it
+        for part in filter(None, (fast, run, world if own_world else None)):
+            part.close()
     return history
 
-def save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, scaler, t_start):
-    """On Ctrl-C: save the last finished step; the interrupted step's batches are read again on resume."""
+def save_interrupted(run, done, step, at_start, model, optimizer, cfg, loaders, scaler, t_start, rec, history):
+    """On Ctrl-C: save the last finished step; the interrupted step's batches are read again on resume.
+    A finished step not yet logged (Ctrl-C during its evaluation) is logged now, without its val_loss."""
     if run.ckpt is None or not run.writes:
         return
+    if run.log and rec is not None and rec["step"] == done and not (history and history[-1] is rec):
+        run.log(rec)
     if done < step:  # stopped mid-step: rewind the loaders to where that step began
         for name, loader in loaders.items():
             loader.load_state_dict(at_start[name])

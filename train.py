@@ -60,6 +60,8 @@ def _checked(convert, ok, what):
 positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0, "a positive number")
+seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
+non_empty = _checked(str, lambda v: v != "", "a non-empty string")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop early once a step's average training loss is at or below L")
     p.add_argument("--data", metavar="PATH",
                    help="a UTF-8 text file, or a folder of token shards made by scripts/make_shards.py "
-                        "(default: input.txt)")
+                        "(default: input.txt; with --resume, the data the run trained on)")
     p.add_argument("--out-dir", default="out", help="where ckpt.pt, metrics.jsonl and sample.txt go (default: out)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out-dir exactly where it stopped")
     p.add_argument("--time-limit", type=positive_float, metavar="SECONDS",
@@ -104,10 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="compute the loss from the whole logits instead of the fused head + loss")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log to out_dir/tensorboard (needs: pip install tensorboard)")
-    p.add_argument("--seed", type=int, help="seed for the weights and the sample (default: the preset's, 1337)")
+    p.add_argument("--seed", type=seed_int, help="seed for the weights and the sample (default: the preset's, 1337)")
     p.add_argument("--sample-tokens", type=non_negative_int, default=200, metavar="N",
                    help="tokens of text to generate at the end, top-k 50 (0: none; default 200)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"start of the sample (default {DEFAULT_PROMPT!r})")
+    p.add_argument("--prompt", type=non_empty, default=DEFAULT_PROMPT, help=f"start of the sample (default {DEFAULT_PROMPT!r})")
     return p
 
 
@@ -116,12 +118,16 @@ FLAG_FIELDS = {"batch_size": "batch_size", "seq_len": "seq_len", "lr": "max_lr",
 
 
 def make_config(args, parser, ckpt_path: Path, world_size: int = 1):
-    """The run's TrainConfig: the preset (or, resuming, the checkpoint's) plus the flags given."""
-    if args.resume and args.preset is None:
+    """The run's TrainConfig: the preset (or, resuming, the checkpoint's) plus the flags given.
+    Resuming without --data sets it to the data the checkpoint's run trained on."""
+    if args.resume:
         try:
-            saved = gh.load_checkpoint(ckpt_path)["train_config"]
+            state = gh.load_checkpoint(ckpt_path)
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--resume: {e}")
+        args.data = args.data or state["extra"].get("data")  # older checkpoints: input.txt
+    if args.resume and args.preset is None:
+        saved = state["train_config"]
         if saved is None:
             parser.error(f"--resume: {str(ckpt_path)!r} holds no training settings: pass --preset and the flags it was trained with")
         base, source = gh.TrainConfig(**saved), f"checkpoint {ckpt_path.name}"
@@ -213,7 +219,9 @@ def finish(history, cfg, model, args, out_dir: Path):
     last = history[-1]
     if last["loss"] <= cfg.target_loss:
         print(f"reached the target loss {cfg.target_loss} at step {last['step']}")
-    elif args.time_limit and last["step"] not in (cfg.max_steps - 1, args.stop_after):
+    elif last["step"] == args.stop_after and last["step"] < cfg.max_steps - 1:
+        print(f"stopped after step {last['step']} (--stop-after): --resume continues")
+    elif args.time_limit and last["step"] != cfg.max_steps - 1:
         print(f"stopped at the time limit ({args.time_limit:g} s) after step {last['step']}: --resume continues")
     print(f"finished at step {last['step']}: train loss {last['loss']:.4f}"
           + (f", val loss {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
@@ -256,13 +264,18 @@ def run(args, parser, world, out_dir: Path) -> int:
         callbacks.append(ProgressBar(cfg.max_steps))
         loader = gh.data_loader(args.data, cfg.batch_size, cfg.seq_len, "train", cfg.val_fraction,
                                 rank=world.rank, world_size=world.world_size)
-        history = gh.train(model, cfg, train_loader=loader, out_dir=out_dir, resume=args.resume,
-                           callbacks=callbacks, stop_after=args.stop_after, time_limit=args.time_limit, world=world)
+        try:
+            history = gh.train(model, cfg, train_loader=loader, out_dir=out_dir, resume=args.resume, callbacks=callbacks,
+                               stop_after=args.stop_after, time_limit=args.time_limit, world=world)
+        finally:  # the bar ends before any message below
+            for callback in callbacks[1:]:
+                callback.close()
     except (FileExistsError, FileNotFoundError, ImportError, ValueError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)  # no usage block: not a misspelt flag
         sys.exit(2)
     except FloatingPointError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print(f"{prog}: {e}\n{prog}: start again with a lower --lr in a new --out-dir (--resume keeps the "
+              "checkpoint's settings, and the checkpoint is kept as it was)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         ckpt = out_dir / "ckpt.pt"
@@ -270,9 +283,6 @@ def run(args, parser, world, out_dir: Path) -> int:
         if world.is_main:
             print(f"\ninterrupted: {saved}; continue with: python train.py --out-dir {out_dir} --resume", file=sys.stderr)
         return 130
-    finally:
-        for callback in callbacks[1:]:
-            callback.close()
     if world.is_main:
         finish(history, cfg, model, args, out_dir)
     return 0
@@ -305,8 +315,6 @@ class TensorBoardLog:
     The event file is made at the first step: a run refused before it writes nothing."""
 
     def __init__(self, out_dir):
-        if out_dir is None:
-            raise ValueError("TensorBoard logging needs an out_dir to write its event files to")
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:

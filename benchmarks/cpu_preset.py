@@ -21,7 +21,7 @@ import time
 T_START = time.perf_counter()  # noqa: E402 (the clock starts before the imports, as a `python train.py` would)
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
+import math  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -34,13 +34,48 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: gpt_helpers is one folder up
 
 import gpt_helpers as gh  # noqa: E402
-from train import positive_int  # noqa: E402 (the argparse type of train.py's flags)
+from train import non_negative_int, positive_int  # noqa: E402 (the argparse types of train.py's flags)
 
 MODEL_FIELDS = {f.name for f in fields(gh.GPTConfig)}
+# each field's type, from its default (the annotations are strings): an override's value is read as it
+FIELD_TYPES = {f.name: type(getattr(gh.GPTConfig(), f.name)) for f in fields(gh.GPTConfig)} | {
+    f.name: type(getattr(gh.TrainConfig(), f.name)) for f in fields(gh.TrainConfig) if f.name != "model"}
+
+
+def marks(text: str) -> list[float]:
+    """--marks: seconds, comma-separated, each a finite number >= 0."""
+    try:
+        values = [float(m) for m in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be seconds >= 0, comma-separated (as 60,120,180), got {text!r}")
+    return values
+
+
+def preset_override(text: str) -> tuple[str, object]:
+    """--preset-override: KEY=VALUE, KEY a TrainConfig or GPTConfig field, VALUE of that field's type."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE (as max_steps=800), got {text!r}")
+    if key not in FIELD_TYPES:
+        raise argparse.ArgumentTypeError(f"{key!r} in {text!r} is neither a TrainConfig nor a GPTConfig field: "
+                                         f"use one of {', '.join(FIELD_TYPES)}")
+    kind = FIELD_TYPES[key]
+    if kind is bool:  # bool("False") is True: read the words
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise argparse.ArgumentTypeError(f"{key} must be True or False, got {text!r}")
+        return key, value.lower() in ("true", "1")
+    try:
+        return key, kind(value)
+    except ValueError:
+        what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        raise argparse.ArgumentTypeError(f"{key} must be {what}, got {text!r}") from None
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="cpu_preset.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", choices=sorted(gh.PRESETS), help="the preset to time (default cpu)")
     p.add_argument("--device", help="default: the fastest here, as train.py picks it")
     p.add_argument("--threads", type=positive_int,
@@ -50,12 +85,19 @@ def parse_args(argv=None):
     precision.add_argument("--fp32", action="store_true", help="fp32, as train.py trains on a CPU (the default)")
     precision.add_argument("--bf16", action="store_true",
                            help="bf16 autocast, also on a CPU (train.py autocasts on CUDA only)")
-    p.add_argument("--preset-override", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--preset-override", type=preset_override, action="append", default=[], metavar="KEY=VALUE",
                    help="change a TrainConfig field, or a GPTConfig one (n_embd=128); repeatable")
-    p.add_argument("--marks", default="60,120,180", help="seconds at which to report the validation loss")
-    p.add_argument("--sample-tokens", type=int, default=200, help="tokens generated at the end, top-k 50 (0: none)")
+    p.add_argument("--marks", type=marks, default="60,120,180", metavar="S,S,...",
+                   help="seconds at which to report the validation loss (default 60,120,180)")
+    p.add_argument("--sample-tokens", type=non_negative_int, default=200, metavar="N",
+                   help="tokens generated at the end, top-k 50 (0: none)")
     p.add_argument("--prompt", default="\n", help="the sample's prompt (default a newline)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:  # the overrides through TrainConfig's own checks now, not once the timed run has started
+        build_config(args, "cpu")
+    except (ValueError, TypeError) as e:
+        p.error(f"--preset-override: {e}")
+    return args
 
 
 def build_config(args, device: str) -> gh.TrainConfig:
@@ -63,20 +105,11 @@ def build_config(args, device: str) -> gh.TrainConfig:
     cfg = asdict(gh.get_preset(args.preset)) | gh.recommended_switches(device)
     if args.bf16:
         cfg["autocast"] = True
-    for item in args.preset_override:
-        key, sep, text = item.partition("=")
-        if not sep:
-            sys.exit(f"--preset-override wants KEY=VALUE, got {item!r}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
+    for key, value in args.preset_override:  # checked by preset_override
         if key in MODEL_FIELDS:
             cfg["model"][key] = value
-        elif key in cfg:
-            cfg[key] = value
         else:
-            sys.exit(f"--preset-override: {key!r} is neither a TrainConfig nor a GPTConfig field")
+            cfg[key] = value
     return gh.TrainConfig(**cfg)
 
 
@@ -132,7 +165,7 @@ def run(args):
     dtype = amp_dtype(args, device)
     torch.manual_seed(cfg.seed)  # as train.py: the weights from the seed
     model = gh.GPT(cfg.model)
-    recorder = ValRecorder(model, cfg, device, dtype, [float(m) for m in args.marks.split(",")])
+    recorder = ValRecorder(model, cfg, device, dtype, args.marks)
     saved = gh.autocast_dtype
     if args.bf16:  # FastPath asks gpt_helpers.autocast_dtype, which says None off CUDA
         gh.autocast_dtype = lambda device: dtype
@@ -160,7 +193,7 @@ def report(args, cfg, dtype, recorder, history, sample, wall):
     clock, step, val, _ = recorder.evals[-1]
     print(f"final val loss (the preset's {cfg.eval_iters} batches, {ratio:.4f} tokens/char): "
           f"{val:.4f} nats/token = {val * ratio:.4f} nats/char, step {step}")
-    for mark in (float(m) for m in args.marks.split(",")):
+    for mark in args.marks:
         at = next(((c, s, v, w) for c, s, v, w in recorder.evals if c >= mark), None)
         if at is None:
             c, s, v, w = recorder.evals[-1]

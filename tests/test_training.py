@@ -146,6 +146,8 @@ def test_preset_choice_and_overrides(monkeypatch):
     ("grad_clip", 0.0, "grad_clip must be positive"),
     ("adam_eps", 0.0, "adam_eps must be positive"),
     ("val_fraction", 1.0, "val_fraction must be in"),
+    ("seed", -1, r"seed must be an integer in \[0, 2\*\*63\)"),
+    ("seed", 2**64, r"seed must be an integer in \[0, 2\*\*63\)"),
 ])
 def test_train_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -632,6 +634,74 @@ def test_a_log_without_a_checkpoint_is_kept_and_the_run_starts_afresh(text_file,
     assert len(kept) == 1 and kept[0].read_text() == '{"step": 0, "loss": 9.0}\n'
     assert "kept it as metrics.before-" in capsys.readouterr().out
     assert [r["loss"] for r in read_log(tmp_path / "metrics.jsonl")] == [r["loss"] for r in history]
+
+
+def test_logs_kept_in_the_same_second_do_not_overwrite_each_other(text_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpt_helpers.time, "strftime", lambda fmt: "20261130-120000")  # one second for both
+    for n in (1, 2, 3):
+        (tmp_path / "metrics.jsonl").write_text(f'{{"step": 0, "loss": {n}.0}}\n')
+        gpt_helpers.RunFolder(tmp_path, resume=False)
+    kept = sorted(p.read_text() for p in tmp_path.glob("metrics.before-20261130-120000*.jsonl"))
+    assert kept == [f'{{"step": 0, "loss": {n}.0}}\n' for n in (1, 2, 3)]
+
+
+def test_stop_after_before_the_resumed_step_is_refused_before_anything_is_written(text_file, tmp_path):
+    cfg = tiny_run()
+    run(cfg, text_file, out_dir=tmp_path, stop_after=3)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="stop_after=2 comes before step 4, where this resumed run begins"):
+        run(cfg, text_file, out_dir=tmp_path, resume=True, stop_after=2)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_checkpoint_of_weights_alone_is_not_resumed(text_file, tmp_path):
+    # save_checkpoint(path, model) keeps no optimizer state or data positions: resuming it could not be exact
+    cfg = tiny_run()
+    save_checkpoint(tmp_path / "ckpt.pt", GPT(cfg.model), step=3, train_config=cfg)
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    with pytest.raises(ValueError, match="holds weights but not the optimizer's state.*model_from_checkpoint"):
+        run(cfg, text_file, out_dir=tmp_path, resume=True)
+    assert (tmp_path / "ckpt.pt").read_bytes() == before and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_step_interrupted_during_its_evaluation_is_still_logged(text_file, tmp_path, monkeypatch):
+    cfg = tiny_run()
+    _, whole = run(cfg, text_file, out_dir=tmp_path / "a")
+    evaluate = gpt_helpers.estimate_loss
+
+    def interrupted_at_step_3(model, loader, iters, **kwargs):  # step 3 is the second evaluation (interval 3)
+        interrupted_at_step_3.calls += 1
+        if interrupted_at_step_3.calls == 2:
+            raise KeyboardInterrupt
+        return evaluate(model, loader, iters, **kwargs)
+
+    interrupted_at_step_3.calls = 0
+    monkeypatch.setattr(gpt_helpers, "estimate_loss", interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, text_file, out_dir=tmp_path / "b")
+    monkeypatch.setattr(gpt_helpers, "estimate_loss", evaluate)
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["step"] == 3  # its update went through
+    run(cfg, text_file, seed=123, out_dir=tmp_path / "b", resume=True)
+    log = read_log(tmp_path / "b" / "metrics.jsonl")
+    assert [r["step"] for r in log] == list(range(cfg.max_steps))  # no gap at step 3
+    assert [r["loss"] for r in log] == [r["loss"] for r in whole]
+    assert log[3]["val_loss"] is None and whole[3]["val_loss"] is not None  # its evaluation never finished
+
+
+def test_a_full_disk_is_reported_and_the_previous_checkpoint_kept(tmp_path, tiny_config):
+    import subprocess
+    import sys
+
+    path = save_checkpoint(tmp_path / "ckpt.pt", GPT(tiny_config), step=1)
+    before = path.read_bytes()
+    big = "GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=64)"  # about 13 MB of weights
+    code = (f"import gpt_helpers as g\ng.save_checkpoint({str(path)!r}, g.GPT(g.{big}), step=2)")
+    # ulimit -f: no file may grow past 1 MiB, as on a full disk (Python ignores SIGXFSZ, so the write fails)
+    proc = subprocess.run(["bash", "-c", f'ulimit -f 1024; exec "{sys.executable}" -c "$0"', code],
+                          cwd=gpt_helpers.ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"OSError: could not write checkpoint {str(path)!r}" in proc.stderr and "free some disk space" in proc.stderr
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
 
 
 class InterruptingLoader(DataLoaderLite):
