@@ -54,8 +54,10 @@ GPT2_VOCAB_SIZE = 50257  # ids the GPT-2 tokenizer can decode; a padded vocab ad
 def is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
-def is_seed(value) -> bool:  # what torch.manual_seed and random.seed both take
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+SEED_RANGE = "an integer from -2**63 to 2**64 - 1, what torch.manual_seed takes"
+
+def is_seed(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**64
 
 def check_positive(obj, names):
     for name in names:
@@ -127,7 +129,7 @@ class TrainConfig:
                   ("grad_clip", self.grad_clip > 0, "must be positive (1.0 in GPT-2)"),
                   ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
                   ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
-                  ("seed", is_seed(self.seed), "must be an integer in [0, 2**63)")]
+                  ("seed", is_seed(self.seed), f"must be {SEED_RANGE}")]
         for name, ok, rule in checks:
             if not ok:
                 raise ValueError(f"TrainConfig.{name} {rule}, got {getattr(self, name)!r}")
@@ -890,7 +892,7 @@ def generate_text(model, prompt: str, max_new_tokens: int = 50, num_samples: int
     if not is_positive_int(num_samples):
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     if seed is not None and not is_seed(seed):
-        raise ValueError(f"seed must be an integer in [0, 2**63) or None (a fresh draw), got {seed!r}")
+        raise ValueError(f"seed must be {SEED_RANGE}, or None (a fresh draw), got {seed!r}")
     enc = get_tokenizer()
     model = unwrap(model)
     device = next(model.parameters()).device  # the prompt and the generator live with the model
@@ -1526,11 +1528,11 @@ class RunFolder:
                 raise ValueError(f"{str(self.ckpt)!r} holds weights but not the optimizer's state and the data "
                                  "positions, so it cannot be resumed exactly: load it with model_from_checkpoint "
                                  "and train it into a new out_dir")
-            restore_checkpoint(state, self.ckpt, model, optimizer, loaders, scaler, train_config=cfg)
             start, elapsed = state["step"] + 1, state["extra"].get("elapsed", 0.0)
             if stop_after is not None and stop_after < start:  # it would never be reached
                 raise ValueError(f"stop_after={stop_after} comes before step {start}, where this resumed run begins: "
                                  f"stop after a later step (train.py: --stop-after)")
+            restore_checkpoint(state, self.ckpt, model, optimizer, loaders, scaler, train_config=cfg)
             saved = state["extra"].get("world_size", 1)
             if saved != self.world_size and self.writes:  # the loaders' positions are the whole run's: exact
                 print(f"resuming a run saved by {saved} process(es) on {self.world_size}: it goes on exactly where "
@@ -1544,8 +1546,8 @@ class RunFolder:
 
     def save(self, step, model, optimizer, cfg, loaders, scaler, elapsed):
         if self.ckpt is not None and self.writes:  # the data's path too (None: input.txt), for train.py --resume
-            path = getattr(loaders["train"], "path", DEFAULT_INPUT)
-            data = None if path == DEFAULT_INPUT else str(path)
+            path = Path(getattr(loaders["train"], "path", DEFAULT_INPUT)).resolve()  # from any folder
+            data = None if path == DEFAULT_INPUT.resolve() else str(path)
             save_checkpoint(self.ckpt, model, optimizer, step, cfg, loaders, scaler,
                             extra={"elapsed": elapsed, "world_size": self.world_size, "data": data})
 

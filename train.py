@@ -60,7 +60,7 @@ def _checked(convert, ok, what):
 positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0, "a positive number")
-seed_int = _checked(int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
+seed_int = _checked(int, lambda v: -2**63 <= v < 2**64, "an integer from -2**63 to 2**64 - 1")
 non_empty = _checked(str, lambda v: v != "", "a non-empty string")
 
 
@@ -125,12 +125,21 @@ def make_config(args, parser, ckpt_path: Path, world_size: int = 1):
             state = gh.load_checkpoint(ckpt_path)
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--resume: {e}")
-        args.data = args.data or state["extra"].get("data")  # older checkpoints: input.txt
+        if state["optimizer"] is None or not state["loaders"]:
+            parser.error(f"--resume: {str(ckpt_path)!r} holds weights only (no optimizer state or data positions), "
+                         "so it cannot be resumed exactly: start a new run with another --out-dir")
+        saved_data = state["extra"].get("data")  # None: input.txt (and checkpoints older than the key)
+        if args.data is None and saved_data is not None and not Path(saved_data).exists():
+            parser.error(f"--resume: the run trained on {saved_data!r}, which is not there now: pass its --data")
+        args.data = args.data or saved_data
     if args.resume and args.preset is None:
         saved = state["train_config"]
         if saved is None:
             parser.error(f"--resume: {str(ckpt_path)!r} holds no training settings: pass --preset and the flags it was trained with")
-        base, source = gh.TrainConfig(**saved), f"checkpoint {ckpt_path.name}"
+        try:
+            base, source = gh.TrainConfig(**saved), f"checkpoint {ckpt_path.name}"
+        except (TypeError, ValueError) as e:  # written by another version of the course, or edited
+            parser.error(f"--resume: {str(ckpt_path)!r} holds training settings this course cannot use ({e})")
     else:
         try:
             name = gh.preset_name(args.preset)
@@ -274,8 +283,9 @@ def run(args, parser, world, out_dir: Path) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)  # no usage block: not a misspelt flag
         sys.exit(2)
     except FloatingPointError as e:
-        print(f"{prog}: {e}\n{prog}: start again with a lower --lr in a new --out-dir (--resume keeps the "
-              "checkpoint's settings, and the checkpoint is kept as it was)", file=sys.stderr)
+        kept = " (--resume keeps the checkpoint's settings; the checkpoint is kept as it was)"
+        print(f"{prog}: {e}\n{prog}: start again with a lower --lr"
+              + (f" in a new --out-dir{kept}" if (out_dir / "ckpt.pt").is_file() else ""), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         ckpt = out_dir / "ckpt.pt"

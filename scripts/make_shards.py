@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,9 +157,10 @@ def make_shards(source, out_dir, shard_size: int = 10_000_000, val_shards: int =
     # existing one (the same disk for the moves, and its parent may not be writable)
     fresh = not out_dir.exists()
     made = [d for d in out_dir.absolute().parents if not d.exists()]  # the parents this run creates, deepest first
-    tmp = (out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}" if fresh
-           else out_dir / f".partial-{os.getpid()}")
-    tmp.mkdir(parents=True)
+    where = out_dir.parent if fresh else out_dir
+    where.mkdir(parents=True, exist_ok=True)
+    # a fresh name each run: a run killed before it could clean up (SIGKILL) never blocks the next one
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-" if fresh else ".partial-", dir=where))
     try:
         written = write_shards(files, tmp, shard_size, val_shards, block, quiet)
         if fresh:
@@ -210,7 +212,7 @@ def move_into(tmp: Path, out_dir: Path, paths: list[Path]):
         for path in paths:
             os.replace(path, out_dir / path.name)  # a rename: the same disk
             moved.append(path)
-    except OSError:
+    except BaseException:  # an error or Ctrl-C part-way: the shards moved so far go back
         for path in moved:
             os.replace(out_dir / path.name, path)
         raise

@@ -103,7 +103,7 @@ def test_a_log_left_without_a_checkpoint_does_not_lock_the_folder(tmp_path):
     (["--resume"], "--resume: there is no checkpoint"),
     (["--device", "tpu"], "--device 'tpu' is not a device"),
     (["--prompt", ""], "argument --prompt: must be a non-empty string"),
-    (["--seed", str(2**64)], "argument --seed: must be an integer in [0, 2**63)"),
+    (["--seed", str(2**64)], "argument --seed: must be an integer from -2**63 to 2**64 - 1"),
 ])
 def test_bad_flags_exit_2_with_a_message(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -262,13 +262,41 @@ def test_no_preset_flag_picks_the_machines_preset(monkeypatch):
 
 
 def test_checkpoint_without_training_settings_exits_2(tmp_path, capsys, tiny_config):
-    from gpt_helpers import GPT, save_checkpoint
+    from gpt_helpers import GPT, DataLoaderLite, configure_optimizer, save_checkpoint
 
-    save_checkpoint(tmp_path / "ckpt.pt", GPT(tiny_config), step=0)  # no train_config
+    model = GPT(tiny_config)
+    loader = DataLoaderLite(2, 8)
+    save_checkpoint(tmp_path / "ckpt.pt", model, configure_optimizer(model, SMOKE), step=0,
+                    loaders={"train": loader})  # no train_config
     with pytest.raises(SystemExit) as exit_info:
         train_script.main(["--out-dir", str(tmp_path), "--resume"])
     assert exit_info.value.code == 2
     assert "holds no training settings: pass --preset" in capsys.readouterr().err
+
+
+def test_checkpoint_of_weights_alone_exits_2_with_advice_for_the_command_line(tmp_path, capsys, tiny_config):
+    from gpt_helpers import GPT, save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt.pt", GPT(tiny_config), step=0)  # what save_checkpoint(path, model) keeps
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    for flags in ([], ["--preset", "smoke"]):  # with or without settings: it cannot be resumed exactly
+        with pytest.raises(SystemExit) as exit_info:
+            train_script.main(["--out-dir", str(tmp_path), "--resume", *flags])
+        assert exit_info.value.code == 2
+        assert "holds weights only" in capsys.readouterr().err
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+
+
+def test_resume_names_the_data_it_cannot_find(tmp_path, capsys):
+    text = tmp_path / "small.txt"
+    text.write_text((ROOT / "input.txt").read_text()[:60_000])
+    assert train_script.main(["--preset", "smoke", "--data", str(text), "--out-dir", str(tmp_path / "run"),
+                              "--stop-after", "1", "--sample-tokens", "0"]) == 0
+    text.rename(tmp_path / "moved.txt")
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(["--out-dir", str(tmp_path / "run"), "--resume"])
+    assert exit_info.value.code == 2
+    assert f"the run trained on {str(text)!r}, which is not there now: pass its --data" in capsys.readouterr().err
 
 
 def test_sigterm_saves_the_last_finished_step_and_says_how_to_resume(tmp_path):

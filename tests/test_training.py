@@ -146,8 +146,9 @@ def test_preset_choice_and_overrides(monkeypatch):
     ("grad_clip", 0.0, "grad_clip must be positive"),
     ("adam_eps", 0.0, "adam_eps must be positive"),
     ("val_fraction", 1.0, "val_fraction must be in"),
-    ("seed", -1, r"seed must be an integer in \[0, 2\*\*63\)"),
-    ("seed", 2**64, r"seed must be an integer in \[0, 2\*\*63\)"),
+    ("seed", -2**63 - 1, r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1"),
+    ("seed", 2**64, r"seed must be an integer from -2\*\*63 to 2\*\*64 - 1"),
+    ("seed", 1.5, "seed must be an integer"),
 ])
 def test_train_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -652,6 +653,20 @@ def test_stop_after_before_the_resumed_step_is_refused_before_anything_is_writte
     with pytest.raises(ValueError, match="stop_after=2 comes before step 4, where this resumed run begins"):
         run(cfg, text_file, out_dir=tmp_path, resume=True, stop_after=2)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_run_records_its_data_as_an_absolute_path(text_file, tmp_path, monkeypatch):
+    # so train.py --resume finds it from any folder; input.txt, the default, is recorded as None
+    monkeypatch.chdir(text_file.parent)
+    cfg = tiny_run(max_steps=1)
+    set_seed(0)
+    loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, path=text_file.name, val_fraction=cfg.val_fraction)
+    train(GPT(cfg.model), cfg, train_loader=loader, out_dir=tmp_path / "a")
+    assert load_checkpoint(tmp_path / "a" / "ckpt.pt")["extra"]["data"] == str(text_file.resolve())
+    set_seed(0)
+    loader = DataLoaderLite(cfg.batch_size, cfg.seq_len, val_fraction=cfg.val_fraction)  # input.txt
+    train(GPT(cfg.model), cfg, train_loader=loader, out_dir=tmp_path / "b")
+    assert load_checkpoint(tmp_path / "b" / "ckpt.pt")["extra"]["data"] is None
 
 
 def test_a_checkpoint_of_weights_alone_is_not_resumed(text_file, tmp_path):
