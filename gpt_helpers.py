@@ -671,6 +671,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise ValueError(f"{str(path)!r} is not a checkpoint of this course (no {CKPT_FORMAT!r} marker)")
     return state
 
+def check_resumable(state: dict, path):
+    """A run can continue a checkpoint exactly only with its optimizer's state and data positions."""
+    if state["optimizer"] is None or not state["loaders"]:  # saved by save_checkpoint(path, model) alone
+        raise ValueError(f"{str(path)!r} holds weights only, not the optimizer's state and the data positions, "
+                         "so it cannot be resumed exactly: start a new run in another out_dir "
+                         "(model_from_checkpoint loads its weights)")
+
 def model_from_checkpoint(path, map_location="cpu") -> GPT:
     """The GPT a checkpoint holds, built from its saved config."""
     state = load_checkpoint(path, map_location)
@@ -1524,10 +1531,7 @@ class RunFolder:
             if self.writes:
                 remove_stale_tmp(self.ckpt)  # what a save killed mid-write left
             state = load_checkpoint(self.ckpt)
-            if state["optimizer"] is None or not state["loaders"]:  # saved by save_checkpoint(path, model) alone
-                raise ValueError(f"{str(self.ckpt)!r} holds weights but not the optimizer's state and the data "
-                                 "positions, so it cannot be resumed exactly: load it with model_from_checkpoint "
-                                 "and train it into a new out_dir")
+            check_resumable(state, self.ckpt)
             start, elapsed = state["step"] + 1, state["extra"].get("elapsed", 0.0)
             if stop_after is not None and stop_after < start:  # it would never be reached
                 raise ValueError(f"stop_after={stop_after} comes before step {start}, where this resumed run begins: "

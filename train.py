@@ -123,11 +123,9 @@ def make_config(args, parser, ckpt_path: Path, world_size: int = 1):
     if args.resume:
         try:
             state = gh.load_checkpoint(ckpt_path)
+            gh.check_resumable(state, ckpt_path)
         except (FileNotFoundError, ValueError) as e:
             parser.error(f"--resume: {e}")
-        if state["optimizer"] is None or not state["loaders"]:
-            parser.error(f"--resume: {str(ckpt_path)!r} holds weights only (no optimizer state or data positions), "
-                         "so it cannot be resumed exactly: start a new run with another --out-dir")
         saved_data = state["extra"].get("data")  # None: input.txt (and checkpoints older than the key)
         if args.data is None and saved_data is not None and not Path(saved_data).exists():
             parser.error(f"--resume: the run trained on {saved_data!r}, which is not there now: pass its --data")

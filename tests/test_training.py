@@ -674,7 +674,7 @@ def test_a_checkpoint_of_weights_alone_is_not_resumed(text_file, tmp_path):
     cfg = tiny_run()
     save_checkpoint(tmp_path / "ckpt.pt", GPT(cfg.model), step=3, train_config=cfg)
     before = (tmp_path / "ckpt.pt").read_bytes()
-    with pytest.raises(ValueError, match="holds weights but not the optimizer's state.*model_from_checkpoint"):
+    with pytest.raises(ValueError, match="holds weights only, not the optimizer's state.*model_from_checkpoint"):
         run(cfg, text_file, out_dir=tmp_path, resume=True)
     assert (tmp_path / "ckpt.pt").read_bytes() == before and not (tmp_path / "metrics.jsonl").exists()
 
